@@ -1,0 +1,87 @@
+"""Hyperparameters of the four models of Zaremba et al. (2014) and the TensorFlow tutorial.
+
+| config | epochs | units | steps | dropout keep | test ppl (tutorial / paper) |
+| ------ | ------ | ----- | ----- | ------------ | --------------------------- |
+| small  | 13     | 200   | 20    | 1.0          | 115.91 / 114.5              |
+| medium | 39     | 650   | 35    | 0.5          |  82.07 /  82.7              |
+| large  | 55     | 1500  | 35    | 0.35         |  78.29 /  78.4              |
+| test   | 1      | 2     | 2     | 1.0          | (a smoke test)              |
+
+The learning rate stays at `learning_rate` for `max_epoch` epochs, then is
+multiplied by `lr_decay` once per epoch until `max_max_epoch`.
+"""
+
+
+class SmallConfig:
+    init_scale = 0.1
+    learning_rate = 1.0
+    max_grad_norm = 5
+    num_layers = 2
+    num_steps = 20
+    hidden_size = 200
+    max_epoch = 4
+    max_max_epoch = 13
+    keep_prob = 1.0
+    lr_decay = 0.5
+    batch_size = 20
+    vocab_size = 10000
+
+
+class MediumConfig:
+    init_scale = 0.05
+    learning_rate = 1.0
+    max_grad_norm = 5
+    num_layers = 2
+    num_steps = 35
+    hidden_size = 650
+    max_epoch = 6
+    max_max_epoch = 39
+    keep_prob = 0.5
+    lr_decay = 0.8
+    batch_size = 20
+    vocab_size = 10000
+
+
+class LargeConfig:
+    init_scale = 0.04
+    learning_rate = 1.0
+    max_grad_norm = 10
+    num_layers = 2
+    num_steps = 35
+    hidden_size = 1500
+    max_epoch = 14
+    max_max_epoch = 55
+    keep_prob = 0.35
+    lr_decay = 1 / 1.15
+    batch_size = 20
+    vocab_size = 10000
+
+
+class TestConfig:
+    init_scale = 0.1
+    learning_rate = 1.0
+    max_grad_norm = 1
+    num_layers = 1
+    num_steps = 2
+    hidden_size = 2
+    max_epoch = 1
+    max_max_epoch = 1
+    keep_prob = 1.0
+    lr_decay = 0.5
+    batch_size = 20
+    vocab_size = 10000
+
+
+CONFIGS = {"small": SmallConfig, "medium": MediumConfig, "large": LargeConfig, "test": TestConfig}
+
+
+def get_config(name):
+    """A fresh instance of the named config, safe to modify."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(CONFIGS)}")
+    return CONFIGS[name]()
+
+
+def learning_rate(config, epoch):
+    """The learning rate of 0-based `epoch`: constant, then decayed once per epoch."""
+    return config.learning_rate * config.lr_decay ** max(epoch + 1 - config.max_epoch, 0)

@@ -1,0 +1,150 @@
+"""The LSTM language model of Zaremba et al. (2014), as a TensorFlow 1.x graph.
+
+    words -> embedding -> dropout -> LSTM x num_layers (dropout after each) -> softmax
+
+One model, several ways to run its LSTM layers (`rnn_mode`), all reading and writing
+the same variables, so a checkpoint trained in one mode loads in any other:
+
+  basic  tf.nn.rnn_cell.BasicLSTMCell, statically unrolled: the tutorial's reference.
+  block  tf.raw_ops.BlockLSTM, TensorFlow's fused kernel that runs a whole window
+         in one op (the fastest on a CPU).
+  cudnn  cuDNN's LSTM; needs a GPU.
+
+Both BasicLSTMCell and BlockLSTM compute the gates as [x, h] @ kernel + bias, split
+into (input, candidate, forget, output): the same kernel works for both.
+"""
+from tf1 import tf
+
+RNN_MODES = ("basic", "block", "cudnn")
+COMPUTE_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
+
+
+def gpu_available():
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def default_rnn_mode():
+    """The fastest mode this machine has."""
+    return "cudnn" if gpu_available() else "block"
+
+
+def check_rnn_mode(rnn_mode):
+    if rnn_mode not in RNN_MODES:
+        raise ValueError(f"unknown rnn_mode {rnn_mode!r}: choose one of {', '.join(RNN_MODES)}")
+    if rnn_mode == "cudnn" and not gpu_available():
+        raise ValueError("rnn_mode cudnn needs a GPU and TensorFlow sees none: use --rnn_mode=block")
+
+
+class PTBModel:
+    """The graph of one use of the model: training, or evaluation at one batch shape.
+
+    Its input is `input_data` and `targets`, int32 [batch_size, num_steps] placeholders, and
+    `initial_state`, float32 [num_layers, 2 (c, h), batch_size, hidden_size] (zeros unless fed).
+    `final_state` has the same layout, so feeding it back as the next window's initial_state
+    carries the LSTM through the text (truncated backpropagation through time).
+    num_steps=None builds a graph that takes windows of any length (not in basic mode).
+    """
+
+    def __init__(self, is_training, config, batch_size, num_steps, rnn_mode="block", precision="fp32"):
+        check_rnn_mode(rnn_mode)
+        self.compute_dtype = COMPUTE_DTYPES[precision]
+        if num_steps is None and rnn_mode == "basic":
+            raise ValueError("rnn_mode basic unrolls a fixed number of steps: give num_steps")
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.rnn_mode = rnn_mode
+        self.config = config
+        size, layers = config.hidden_size, config.num_layers
+        self.keep_prob = config.keep_prob if is_training else 1.0
+
+        self.input_data = tf.placeholder(tf.int32, [batch_size, num_steps], name="input_data")
+        self.targets = tf.placeholder(tf.int32, [batch_size, num_steps], name="targets")
+        zeros = tf.zeros([layers, 2, batch_size, size], tf.float32)
+        self.initial_state = tf.placeholder_with_default(zeros, zeros.shape, name="initial_state")
+
+        with tf.device("/cpu:0"):  # the lookup table's gather is a CPU op; keep it with the table
+            embedding = tf.get_variable("embedding", [config.vocab_size, size], tf.float32)
+            inputs = tf.nn.embedding_lookup(embedding, self.input_data)
+        inputs = self.dropout(inputs)
+
+        outputs, final_state = self.lstm_layers(inputs, self.initial_state)
+        self.final_state = tf.identity(final_state, name="final_state")
+
+        # The softmax over the vocabulary, computed for all batch_size x num_steps positions at once.
+        output = tf.reshape(outputs, [-1, size])
+        softmax_w = tf.get_variable("softmax_w", [size, config.vocab_size], tf.float32)
+        softmax_b = tf.get_variable("softmax_b", [config.vocab_size], tf.float32)
+        logits = self.matmul(output, softmax_w) + softmax_b
+        self.logits = tf.reshape(logits, [batch_size, -1, config.vocab_size])
+        # -log p(target word), one value per position: [batch_size, num_steps].
+        self.word_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=self.targets, logits=self.logits)
+        # The cost the tutorial reports and trains on: the sum over time of the batch-mean loss.
+        self.cost = tf.reduce_sum(self.word_losses) / batch_size
+
+        if is_training:
+            self.build_train_op()
+
+    def matmul(self, a, b):
+        """a @ b with the inputs in the compute precision; the result, and everything else, in fp32."""
+        if self.compute_dtype == tf.float32:
+            return tf.matmul(a, b)
+        return tf.cast(tf.matmul(tf.cast(a, self.compute_dtype), tf.cast(b, self.compute_dtype)), tf.float32)
+
+    def dropout(self, x):
+        return tf.nn.dropout(x, rate=1.0 - self.keep_prob) if self.keep_prob < 1.0 else x
+
+    def lstm_layers(self, inputs, initial_state):
+        """inputs [batch, time, hidden] -> (outputs [batch, time, hidden], final state)."""
+        layers = range(self.config.num_layers)
+        states = [(initial_state[l, 0], initial_state[l, 1]) for l in layers]
+        if self.rnn_mode == "basic":
+            outputs, finals = self.basic_lstm(inputs, states)
+        else:
+            outputs, finals = self.block_lstm(inputs, states)
+        return outputs, tf.stack([tf.stack(s) for s in finals])
+
+    def basic_lstm(self, inputs, states):
+        """The tutorial's graph: BasicLSTMCells with output dropout, unrolled num_steps times."""
+        def cell():
+            lstm = tf.nn.rnn_cell.BasicLSTMCell(self.config.hidden_size, forget_bias=0.0,
+                                                reuse=tf.get_variable_scope().reuse)
+            return tf.nn.rnn_cell.DropoutWrapper(lstm, output_keep_prob=self.keep_prob) if self.keep_prob < 1 else lstm
+
+        cells = tf.nn.rnn_cell.MultiRNNCell([cell() for _ in states])
+        state = tuple(tf.nn.rnn_cell.LSTMStateTuple(c, h) for c, h in states)
+        outputs, finals = tf.nn.static_rnn(cells, tf.unstack(inputs, num=self.num_steps, axis=1),
+                                           initial_state=state, scope="RNN")
+        return tf.stack(outputs, axis=1), [(s.c, s.h) for s in finals]
+
+    def block_lstm(self, inputs, states):
+        """The same layers, each one fused BlockLSTM op over the whole window."""
+        size = self.config.hidden_size
+        x = tf.transpose(inputs, [1, 0, 2])  # BlockLSTM is time-major
+        no_peephole = tf.zeros([size])
+        finals = []
+        for l, (c, h) in enumerate(states):
+            # The variable names BasicLSTMCell uses, so checkpoints move freely between modes.
+            with tf.variable_scope(f"RNN/multi_rnn_cell/cell_{l}/basic_lstm_cell"):
+                kernel = tf.get_variable("kernel", [2 * size, 4 * size], tf.float32)
+                bias = tf.get_variable("bias", [4 * size], tf.float32, initializer=tf.zeros_initializer())
+            seq_len = tf.cast(tf.shape(x)[0], tf.int64)
+            _, cs, _, _, _, _, x = tf.raw_ops.BlockLSTM(
+                seq_len_max=seq_len, x=x, cs_prev=c, h_prev=h, w=kernel, wci=no_peephole, wcf=no_peephole,
+                wco=no_peephole, b=bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
+            finals.append((cs[-1], x[-1]))
+            x = self.dropout(x)
+        return tf.transpose(x, [1, 0, 2]), finals
+
+    def build_train_op(self):
+        """Plain SGD on gradients clipped to a global norm of max_grad_norm."""
+        self.lr = tf.Variable(0.0, trainable=False, name="learning_rate")
+        tvars = tf.trainable_variables()
+        grads = tf.gradients(self.cost, tvars)
+        self.clipped_grads, self.grad_norm = tf.clip_by_global_norm(grads, self.config.max_grad_norm)
+        optimizer = tf.train.GradientDescentOptimizer(self.lr)
+        self.train_op = optimizer.apply_gradients(zip(self.clipped_grads, tvars),
+                                                  global_step=tf.train.get_or_create_global_step())
+        self.new_lr = tf.placeholder(tf.float32, [], name="new_learning_rate")
+        self.lr_update = tf.assign(self.lr, self.new_lr)
+
+    def assign_lr(self, session, lr_value):
+        session.run(self.lr_update, feed_dict={self.new_lr: lr_value})
