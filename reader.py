@@ -46,10 +46,9 @@ def read_words(path):
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}): point --data_path at the PTB text files")
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}")
-    words = text.replace("\n", f" {EOS} ").split()
-    if not words:
+    if not text.split():
         raise DataError(f"{path} is empty: it should hold one sentence a line")
-    return words
+    return text.replace("\n", f" {EOS} ").split()
 
 
 def build_vocab(words):

@@ -6,12 +6,35 @@ TensorFlow >= 2.16 ships Keras 3, and under it the tf.compat.v1 RNN cells
 TF_USE_LEGACY_KERAS=1 is set *before* TensorFlow is first imported, which is
 why this has to happen in one place that is imported first.
 """
+import contextlib
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the logs
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow.compat.v1 as tf  # noqa: E402
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silences file descriptor 2 for a moment.
+
+    TensorFlow's CUDA build writes "Could not find cuda drivers" and the like from C++
+    before its log level is read; on a CPU-only machine they are noise in every log.
+    Errors still surface: a failing import raises after stderr is restored.
+    """
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+with quiet_stderr():
+    import tensorflow.compat.v1 as tf  # noqa: E402
+
+    tf.config.list_physical_devices("GPU")  # the CUDA probe, also noisy, done once here
 
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)  # the deprecation warnings of the 1.x API are not news here
