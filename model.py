@@ -13,6 +13,10 @@ the same variables, so a checkpoint trained in one mode loads in any other:
 Both BasicLSTMCell and BlockLSTM compute the gates as [x, h] @ kernel + bias, split
 into (input, candidate, forget, output): the same kernel works for both.
 """
+import math
+import time
+
+import reader
 from tf1 import tf
 
 RNN_MODES = ("basic", "block", "cudnn")
@@ -42,14 +46,15 @@ class PTBModel:
     `initial_state`, float32 [num_layers, 2 (c, h), batch_size, hidden_size] (zeros unless fed).
     `final_state` has the same layout, so feeding it back as the next window's initial_state
     carries the LSTM through the text (truncated backpropagation through time).
-    num_steps=None builds a graph that takes windows of any length (not in basic mode).
+    num_steps=None builds a graph that takes windows of any length, batch_size=None one
+    that takes any number of rows (neither in basic mode, which unrolls a fixed shape).
     """
 
     def __init__(self, is_training, config, batch_size, num_steps, rnn_mode="block", precision="fp32"):
         check_rnn_mode(rnn_mode)
         self.compute_dtype = COMPUTE_DTYPES[precision]
-        if num_steps is None and rnn_mode == "basic":
-            raise ValueError("rnn_mode basic unrolls a fixed number of steps: give num_steps")
+        if None in (batch_size, num_steps) and rnn_mode == "basic":
+            raise ValueError("rnn_mode basic unrolls a fixed shape: give batch_size and num_steps")
         self.batch_size, self.num_steps = batch_size, num_steps
         self.rnn_mode = rnn_mode
         self.config = config
@@ -58,8 +63,9 @@ class PTBModel:
 
         self.input_data = tf.placeholder(tf.int32, [batch_size, num_steps], name="input_data")
         self.targets = tf.placeholder(tf.int32, [batch_size, num_steps], name="targets")
-        zeros = tf.zeros([layers, 2, batch_size, size], tf.float32)
-        self.initial_state = tf.placeholder_with_default(zeros, zeros.shape, name="initial_state")
+        shape = tf.shape(self.input_data)  # [batch_size, num_steps], known only at run time when None
+        zeros = tf.zeros([layers, 2, shape[0], size], tf.float32)
+        self.initial_state = tf.placeholder_with_default(zeros, [layers, 2, batch_size, size], name="initial_state")
 
         with tf.device("/cpu:0"):  # the lookup table's gather is a CPU op; keep it with the table
             embedding = tf.get_variable("embedding", [config.vocab_size, size], tf.float32)
@@ -74,11 +80,12 @@ class PTBModel:
         softmax_w = tf.get_variable("softmax_w", [size, config.vocab_size], tf.float32)
         softmax_b = tf.get_variable("softmax_b", [config.vocab_size], tf.float32)
         logits = self.matmul(output, softmax_w) + softmax_b
-        self.logits = tf.reshape(logits, [batch_size, -1, config.vocab_size])
+        self.logits = tf.reshape(logits, tf.concat([shape, [config.vocab_size]], 0))
+        self.log_probs = tf.nn.log_softmax(self.logits)  # log p(next word) at each position, for inference
         # -log p(target word), one value per position: [batch_size, num_steps].
         self.word_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=self.targets, logits=self.logits)
         # The cost the tutorial reports and trains on: the sum over time of the batch-mean loss.
-        self.cost = tf.reduce_sum(self.word_losses) / batch_size
+        self.cost = tf.reduce_sum(self.word_losses) / tf.cast(shape[0], tf.float32)
 
         if is_training:
             self.build_train_op()
@@ -148,3 +155,34 @@ class PTBModel:
 
     def assign_lr(self, session, lr_value):
         session.run(self.lr_update, feed_dict={self.new_lr: lr_value})
+
+
+def run_epoch(session, model, data, train_op=None, verbose=False, window=None):
+    """One pass over `data`; returns its perplexity, exp(total cost / total steps).
+
+    The final LSTM state of each window is fed as the initial state of the next one.
+    A model built with num_steps=None is fed windows of `window` words, the last one
+    shorter, so that every word is scored exactly once.
+    """
+    num_steps = model.num_steps or window
+    batches = reader.ptb_iterator(data, model.batch_size, num_steps, keep_remainder=model.num_steps is None)
+    epoch_size = reader.epoch_size(len(data), model.batch_size, num_steps)
+    fetches = {"cost": model.cost, "final_state": model.final_state}
+    if train_op is not None:
+        fetches["train_op"] = train_op
+
+    start_time = time.time()
+    costs, iters = 0.0, 0
+    state = None  # the first window starts from zeros, initial_state's default
+    for step, (x, y) in enumerate(batches):
+        feed = {model.input_data: x, model.targets: y}
+        if state is not None:
+            feed[model.initial_state] = state
+        vals = session.run(fetches, feed)
+        costs += vals["cost"]
+        state = vals["final_state"]
+        iters += x.shape[1]
+        if verbose and epoch_size >= 10 and step % (epoch_size // 10) == 10:
+            print(f"{step / epoch_size:.3f} perplexity: {math.exp(costs / iters):.3f} "
+                  f"speed: {iters * model.batch_size / (time.time() - start_time):.0f} wps", flush=True)
+    return math.exp(costs / iters)

@@ -13,17 +13,16 @@
 
 (the TensorFlow tutorial's numbers; what this code measured on this machine is in README.md.)
 """
-import json
-import math
 import os
 import sys
 import time
 
 from absl import app, flags
 
+import checkpoint
 import configs
 import reader
-from model import RNN_MODES, PTBModel, check_rnn_mode, default_rnn_mode
+from model import RNN_MODES, PTBModel, check_rnn_mode, default_rnn_mode, run_epoch
 from tf1 import tf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,35 +43,6 @@ flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per
 FLAGS = flags.FLAGS
 
 
-def run_epoch(session, model, data, train_op=None, verbose=False, window=None):
-    """One pass over `data`; returns its perplexity, exp(total cost / total steps).
-
-    The final LSTM state of each window is fed as the initial state of the next one.
-    A model built with num_steps=None is fed windows of `window` words, the last one
-    shorter, so that every word is scored exactly once.
-    """
-    num_steps = model.num_steps or window
-    batches = reader.ptb_iterator(data, model.batch_size, num_steps, keep_remainder=model.num_steps is None)
-    epoch_size = reader.epoch_size(len(data), model.batch_size, num_steps)
-    fetches = {"cost": model.cost, "final_state": model.final_state}
-    if train_op is not None:
-        fetches["train_op"] = train_op
-
-    start_time = time.time()
-    costs, iters = 0.0, 0
-    state = session.run(model.initial_state)
-    for step, (x, y) in enumerate(batches):
-        feed = {model.input_data: x, model.targets: y, model.initial_state: state}
-        vals = session.run(fetches, feed)
-        costs += vals["cost"]
-        state = vals["final_state"]
-        iters += x.shape[1]
-        if verbose and epoch_size >= 10 and step % (epoch_size // 10) == 10:
-            print(f"{step / epoch_size:.3f} perplexity: {math.exp(costs / iters):.3f} "
-                  f"speed: {iters * model.batch_size / (time.time() - start_time):.0f} wps", flush=True)
-    return math.exp(costs / iters)
-
-
 def prepare_save_path(path):
     """Creates the folder and makes sure it can be written, before hours of training."""
     try:
@@ -83,16 +53,6 @@ def prepare_save_path(path):
         os.remove(probe)
     except OSError as e:
         raise reader.DataError(f"cannot write to --save_path={path} ({e.strerror}): choose a writable folder")
-
-
-def save_model(session, saver, save_path, config, vocab):
-    """Weights, the config they were trained with, and the vocabulary as plain text."""
-    saver.save(session, os.path.join(save_path, "model.ckpt"))
-    fields = {k: getattr(config, k) for k in dir(config) if not k.startswith("_")}
-    with open(os.path.join(save_path, "config.json"), "w") as f:
-        json.dump(fields, f, indent=2)
-    with open(os.path.join(save_path, "vocab.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
 
 
 def session_config():
@@ -125,7 +85,7 @@ def train(data, config, rnn_mode, save_path=None):
                 valid_perplexity = run_epoch(session, mvalid, data.valid)
                 print(f"Epoch: {i + 1} Valid Perplexity: {valid_perplexity:.3f}", flush=True)
                 if save_path:
-                    save_model(session, saver, save_path, config, data.vocab)
+                    checkpoint.save(session, saver, save_path, config, data.vocab)
             train_time = time.time() - start
             test_perplexity = run_epoch(session, mtest, data.test, window=FLAGS.test_window)
             print(f"Test Perplexity: {test_perplexity:.3f}")

@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 
+import checkpoint
 import configs
-import ptb_word_lm
 import reader
-from model import PTBModel
+from model import PTBModel, run_epoch
 from tf1 import tf
 
 
@@ -119,9 +119,9 @@ def test_windowed_test_pass_equals_one_word_at_a_time():
     config = TinyConfig()
     session, (_, one, any_length) = build(config, (4, 5), (1, 1), (1, None), rnn_modes=("block",) * 3)
     data = list(np.random.RandomState(2).randint(0, 50, 203))
-    step_by_step = ptb_word_lm.run_epoch(session, one, data)
-    assert ptb_word_lm.run_epoch(session, any_length, data, window=20) == pytest.approx(step_by_step, rel=1e-5)
-    assert ptb_word_lm.run_epoch(session, any_length, data, window=7) == pytest.approx(step_by_step, rel=1e-5)
+    step_by_step = run_epoch(session, one, data)
+    assert run_epoch(session, any_length, data, window=20) == pytest.approx(step_by_step, rel=1e-5)
+    assert run_epoch(session, any_length, data, window=7) == pytest.approx(step_by_step, rel=1e-5)
 
 
 def test_checkpoint_round_trip_gives_the_same_valid_perplexity(tmp_path):
@@ -130,14 +130,14 @@ def test_checkpoint_round_trip_gives_the_same_valid_perplexity(tmp_path):
                           vocab=[f"w{i}" for i in range(50)])
     session, (m, valid) = build(config, (4, 5), (4, 5), rnn_modes=("block", "block"))
     m.assign_lr(session, 1.0)
-    ptb_word_lm.run_epoch(session, m, data.train, m.train_op)
-    before = ptb_word_lm.run_epoch(session, valid, data.valid)
+    run_epoch(session, m, data.train, m.train_op)
+    before = run_epoch(session, valid, data.valid)
     with session.graph.as_default():
-        ptb_word_lm.save_model(session, tf.train.Saver(), str(tmp_path), config, data.vocab)
+        checkpoint.save(session, tf.train.Saver(), str(tmp_path), config, data.vocab)
     assert (tmp_path / "vocab.txt").read_text().split("\n")[:2] == ["w0", "w1"]
 
     session2, (fresh,) = build(config, (4, 5), is_training=False, seed=7)
-    assert ptb_word_lm.run_epoch(session2, fresh, data.valid) != pytest.approx(before, rel=1e-3)
+    assert run_epoch(session2, fresh, data.valid) != pytest.approx(before, rel=1e-3)
     with session2.graph.as_default():
         tf.train.Saver().restore(session2, str(tmp_path / "model.ckpt"))
-    assert ptb_word_lm.run_epoch(session2, fresh, data.valid) == pytest.approx(before, rel=1e-6)
+    assert run_epoch(session2, fresh, data.valid) == pytest.approx(before, rel=1e-6)

@@ -1,0 +1,81 @@
+"""A checkpoint folder that stands alone: the weights, the config they were trained with,
+and the vocabulary, one word a line (line n is word id n).
+
+    runs/small/model.ckpt.*   TensorFlow checkpoint (tf.train.Saver)
+    runs/small/config.json    hyperparameters
+    runs/small/vocab.txt      the vocabulary
+"""
+import json
+import os
+import types
+
+import reader
+from tf1 import tf
+
+CKPT, CONFIG, VOCAB = "model.ckpt", "config.json", "vocab.txt"
+
+
+class CheckpointError(reader.DataError):
+    """A checkpoint folder that is missing, incomplete or inconsistent."""
+
+
+def config_fields(config):
+    return {k: getattr(config, k) for k in dir(config) if not k.startswith("_")}
+
+
+def save(session, saver, save_path, config, vocab):
+    """Writes the three parts; each file is written whole before it replaces the old one."""
+    saver.save(session, os.path.join(save_path, CKPT))
+    write_atomically(os.path.join(save_path, CONFIG), json.dumps(config_fields(config), indent=2) + "\n")
+    write_atomically(os.path.join(save_path, VOCAB), "\n".join(vocab) + "\n")
+
+
+def write_atomically(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load(save_path):
+    """(config, vocab, checkpoint prefix) of a folder written by save(), checked against each other."""
+    if not os.path.isdir(save_path):
+        raise CheckpointError(f"no checkpoint folder {save_path}: train one with "
+                              f"python ptb_word_lm.py --save_path={save_path}")
+    missing = [f for f in (CONFIG, VOCAB, CKPT + ".index") if not os.path.isfile(os.path.join(save_path, f))]
+    if missing:
+        raise CheckpointError(f"{save_path} is not a complete checkpoint (missing {', '.join(missing)}): "
+                              "point --save_path at a folder written by ptb_word_lm.py --save_path")
+    try:
+        with open(os.path.join(save_path, CONFIG), encoding="utf-8") as f:
+            config = types.SimpleNamespace(**json.load(f))
+        with open(os.path.join(save_path, VOCAB), encoding="utf-8") as f:
+            vocab = f.read().split("\n")[:-1]
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{save_path}: unreadable {CONFIG} or {VOCAB} ({e}): retrain or restore the file")
+    prefix = os.path.join(save_path, CKPT)
+    check_shapes(prefix, config, vocab)
+    return config, vocab, prefix
+
+
+def check_shapes(prefix, config, vocab):
+    """Refuses a config or vocabulary that does not fit the weights."""
+    try:
+        shapes = dict(tf.train.list_variables(prefix))
+    except (tf.errors.OpError, ValueError) as e:
+        raise CheckpointError(f"cannot read the weights {prefix} ({e.__class__.__name__}): retrain or restore them")
+    try:
+        size, layers = config.hidden_size, config.num_layers
+        expected = {"Model/embedding": [len(vocab), size], "Model/softmax_w": [size, len(vocab)]}
+    except AttributeError as e:
+        raise CheckpointError(f"{CONFIG} of {prefix} lacks a field ({e}): retrain or restore the file")
+    cell = "Model/RNN/multi_rnn_cell/cell_{}/basic_lstm_cell/kernel"
+    expected.update({cell.format(layer): [2 * size, 4 * size] for layer in range(layers)})
+    for name, shape in expected.items():
+        if shapes.get(name) != shape:
+            raise CheckpointError(f"{CONFIG} and {VOCAB} ({len(vocab)} words, {layers} layers of {size}) do not "
+                                  f"match the weights in {prefix} ({name}: {shapes.get(name)}): keep the files "
+                                  "of one training run together")
+    if cell.format(layers) in shapes:
+        raise CheckpointError(f"the weights in {prefix} have more than the {layers} layers of {CONFIG}: "
+                              "keep the files of one training run together")

@@ -1,0 +1,242 @@
+"""Uses a model trained by `ptb_word_lm.py --save_path=DIR`: a language model gives every
+possible next word a probability, and that is all these commands read off it.
+
+    python lm.py generate --save_path=DIR --prompt="the company said" --num_words=30 --seed=1
+    python lm.py predict  --save_path=DIR --context="the stock market" --top_k=5
+    python lm.py predict  --save_path=DIR < contexts.txt     # a context a line; asks when run at a terminal
+    python lm.py score    --save_path=DIR --input=sentences.txt [--json]
+    python lm.py eval     --save_path=DIR --input=ptb.test.txt
+    python lm.py export   --save_path=DIR --export_dir=DIR/saved_model
+
+Text is PTB-tokenised: words separated by spaces, a line is a sentence; words outside
+the vocabulary become <unk> (a note on stderr says which).
+"""
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+from absl import app, flags
+
+import checkpoint
+import reader
+from model import PTBModel, run_epoch
+from tf1 import tf
+
+COMMANDS = ("generate", "predict", "score", "eval", "export")
+
+flags.DEFINE_string("save_path", None, "Checkpoint folder written by ptb_word_lm.py --save_path.")
+flags.DEFINE_string("prompt", "", "generate: the words to continue (default: start a new sentence).")
+flags.DEFINE_integer("num_words", 50, "generate: how many words to sample.")
+flags.DEFINE_float("temperature", 1.0, "generate: >0; below 1 sharper, above 1 flatter than the model.")
+flags.DEFINE_integer("top_k", None, "generate: sample among the k likeliest words (default: all); "
+                     "predict: how many words to list (default 10).")
+flags.DEFINE_integer("seed", None, "generate: random seed; the same seed gives the same text.")
+flags.DEFINE_string("context", None, "predict: the words before the one to predict.")
+flags.DEFINE_string("input", "-", "predict, score, eval: a text file, or - for standard input.")
+flags.DEFINE_bool("json", False, "predict, score: JSON lines instead of plain text.")
+flags.DEFINE_string("export_dir", None, "export: the SavedModel folder to write (must not exist).")
+FLAGS = flags.FLAGS
+
+
+class UsageError(ValueError):
+    """Bad input from the user; its message says what to do."""
+
+
+class LanguageModel:
+    """A trained model restored from its checkpoint folder, reading one text (batch of 1) at a time."""
+
+    def __init__(self, save_path, batch_size=1):
+        self.config, self.vocab, prefix = checkpoint.load(save_path)
+        self.word_to_id = {w: i for i, w in enumerate(self.vocab)}
+        self.graph = tf.Graph()
+        with self.graph.as_default(), tf.variable_scope("Model"):
+            self.model = PTBModel(False, self.config, batch_size, None, rnn_mode="block")
+        self.session = tf.Session(graph=self.graph)
+        with self.graph.as_default():
+            tf.train.Saver(self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)).restore(self.session, prefix)
+
+    def encode(self, words):
+        """Word ids, with unknown words as <unk>; notes on stderr which words those were."""
+        unknown = [w for w in words if w not in self.word_to_id]
+        if unknown:
+            if reader.UNK not in self.word_to_id:
+                raise UsageError(f"words outside the vocabulary ({', '.join(unknown[:5])}) and no <unk> in it")
+            print(f"note: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}"
+                  f"{' ...' if len(unknown) > 10 else ''}", file=sys.stderr)
+        unk = self.word_to_id.get(reader.UNK)
+        return [self.word_to_id.get(w, unk) for w in words]
+
+    def log_probs(self, ids, state=None):
+        """log p(next word) after each of `ids`: ([len(ids), vocab], the state after the last one)."""
+        m = self.model
+        feed = {m.input_data: [ids]}
+        if state is not None:
+            feed[m.initial_state] = state
+        log_probs, state = self.session.run([m.log_probs, m.final_state], feed)
+        return log_probs[0], state
+
+    def sentence_log_prob(self, words):
+        """Natural-log probability of a sentence and its end, read from a fresh start (<eos>)."""
+        eos = self.word_to_id[reader.EOS]
+        ids = [eos] + self.encode(words) + [eos]
+        log_probs, _ = self.log_probs(ids[:-1])
+        return float(sum(log_probs[t, ids[t + 1]] for t in range(len(ids) - 1))), len(ids) - 1
+
+
+def sample(log_probs, temperature, top_k, rng):
+    """A word id drawn from softmax(log_probs / temperature), among the top_k likeliest only."""
+    logits = log_probs.astype(np.float64) / temperature
+    if top_k is not None and top_k < len(logits):
+        logits[np.argsort(logits)[:-top_k]] = -np.inf
+    p = np.exp(logits - logits.max())
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
+def generate(lm, prompt, num_words, temperature=1.0, top_k=None, seed=None):
+    """The prompt's words followed by num_words sampled ones."""
+    rng = np.random.RandomState(seed)
+    eos = lm.word_to_id[reader.EOS]
+    log_probs, state = lm.log_probs([eos] + lm.encode(prompt))
+    words = []
+    for _ in range(num_words):
+        word = sample(log_probs[-1], temperature, top_k, rng)
+        words.append(lm.vocab[word])
+        log_probs, state = lm.log_probs([word], state)
+    return words
+
+
+def predict(lm, context, top_k):
+    """[(word, probability)] of the top_k likeliest words after `context`."""
+    eos = lm.word_to_id[reader.EOS]
+    log_probs, _ = lm.log_probs([eos] + lm.encode(context))
+    best = np.argsort(-log_probs[-1])[:top_k]
+    return [(lm.vocab[i], float(np.exp(log_probs[-1, i]))) for i in best]
+
+
+def evaluate(lm, path, window=100):
+    """Perplexity of a text file, read like the training's test pass: one row, state carried."""
+    ids = lm.encode(reader.read_words(path))
+    return run_epoch(lm.session, lm.model, ids, window=window)
+
+
+def export(save_path, export_dir):
+    """A SavedModel with one signature: (ids [batch, time], state) -> (log_probs, state)."""
+    if os.path.exists(export_dir):
+        raise UsageError(f"--export_dir={export_dir} exists already: choose a new folder")
+    lm = LanguageModel(save_path, batch_size=None)
+    m = lm.model
+    with lm.graph.as_default():
+        builder = tf.saved_model.Builder(export_dir)
+        signature = tf.saved_model.signature_def_utils.predict_signature_def(
+            inputs={"ids": m.input_data, "state": m.initial_state},
+            outputs={"log_probs": m.log_probs, "state": m.final_state})
+        builder.add_meta_graph_and_variables(lm.session, [tf.saved_model.tag_constants.SERVING],
+                                             signature_def_map={"serving_default": signature})
+        builder.save()
+    for name in (checkpoint.VOCAB, checkpoint.CONFIG):
+        shutil.copy(os.path.join(save_path, name), export_dir)
+    return export_dir
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+def input_lines():
+    """Non-empty lines of --input (a file, or standard input)."""
+    if FLAGS.input == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(FLAGS.input, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read --input={FLAGS.input} ({e}): give a UTF-8 text file")
+    lines = [line.split() for line in lines if line.strip()]
+    if not lines:
+        raise UsageError(f"--input={FLAGS.input} holds no text: give one sentence a line")
+    return lines
+
+
+def check_sampling_flags(vocab_size):
+    if FLAGS.temperature <= 0:
+        raise UsageError(f"--temperature={FLAGS.temperature}: give a number above 0 (1 samples the model as it is)")
+    if FLAGS.top_k is not None and not 1 <= FLAGS.top_k <= vocab_size:
+        raise UsageError(f"--top_k={FLAGS.top_k}: give a number from 1 to the vocabulary size, {vocab_size}")
+
+
+def show_predictions(lm, context, top_k):
+    best = predict(lm, context, top_k)
+    if FLAGS.json:
+        print(json.dumps({"context": " ".join(context), "next": [{"word": w, "p": p} for w, p in best]}))
+    else:
+        print(" ".join(context) + " -> " + ", ".join(f"{w} {p:.4f}" for w, p in best), flush=True)
+
+
+def run_predict(lm):
+    top_k = FLAGS.top_k or 10
+    if FLAGS.context is not None:
+        show_predictions(lm, FLAGS.context.split(), top_k)
+    elif FLAGS.input == "-" and sys.stdin.isatty():
+        print("Type a context, get the likeliest next words; an empty line ends.")
+        for line in iter(lambda: input("context> "), ""):
+            show_predictions(lm, line.split(), top_k)
+    else:
+        for words in input_lines():
+            show_predictions(lm, words, top_k)
+
+
+def run_score(lm):
+    total_log_prob, total_words = 0.0, 0
+    for words in input_lines():
+        log_prob, n = lm.sentence_log_prob(words)
+        total_log_prob, total_words = total_log_prob + log_prob, total_words + n
+        row = {"sentence": " ".join(words), "log_prob": log_prob, "log2_prob": log_prob / math.log(2),
+               "words": n, "perplexity": math.exp(-log_prob / n)}
+        print(json.dumps(row) if FLAGS.json else
+              f"{log_prob:10.3f} {row['log2_prob']:10.3f} {n:4d} {row['perplexity']:10.2f}  {row['sentence']}")
+    total = {"total_log_prob": total_log_prob, "total_log2_prob": total_log_prob / math.log(2),
+             "words": total_words, "perplexity": math.exp(-total_log_prob / total_words)}
+    print(json.dumps(total) if FLAGS.json else
+          f"total: log_prob {total_log_prob:.3f} (log2 {total['total_log2_prob']:.3f}), {total_words} words "
+          f"(each sentence's end counted), perplexity {total['perplexity']:.2f}")
+
+
+def run(command):
+    if command == "export":
+        if not FLAGS.export_dir:
+            raise UsageError("export needs --export_dir=FOLDER")
+        print(f"SavedModel written to {export(FLAGS.save_path, FLAGS.export_dir)}")
+        return
+    if command == "eval" and FLAGS.input == "-":
+        raise UsageError("eval needs --input=FILE, a text in PTB format")
+    lm = LanguageModel(FLAGS.save_path)
+    if command == "generate":
+        check_sampling_flags(len(lm.vocab))
+        words = generate(lm, FLAGS.prompt.split(), FLAGS.num_words, FLAGS.temperature, FLAGS.top_k, FLAGS.seed)
+        print(" ".join(FLAGS.prompt.split() + words).replace(f" {reader.EOS} ", "\n").replace(reader.EOS, ""))
+    elif command == "predict":
+        check_sampling_flags(len(lm.vocab))
+        run_predict(lm)
+    elif command == "score":
+        run_score(lm)
+    elif command == "eval":
+        print(f"Perplexity: {evaluate(lm, FLAGS.input):.3f}")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        sys.exit(f"error: give one command, one of {', '.join(COMMANDS)}: python lm.py COMMAND --save_path=DIR ...")
+    if not FLAGS.save_path:
+        sys.exit("error: --save_path=DIR is needed: the folder ptb_word_lm.py --save_path wrote")
+    try:
+        run(argv[1])
+    except (reader.DataError, UsageError) as e:
+        sys.exit(f"error: {e}")
+    except (EOFError, KeyboardInterrupt):
+        print()
+
+
+if __name__ == "__main__":
+    app.run(main)

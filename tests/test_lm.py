@@ -1,0 +1,148 @@
+"""lm.py on a model trained inside the test: generate, predict, score, eval, export, bad input."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lm
+from conftest import ROOT, write_corpus
+from test_cli import assert_one_line_error, run as run_trainer
+
+WORDS = "the cat dog sat ran on under a mat rug <unk>".split()
+
+
+def sentences(seed, n):
+    rng = np.random.RandomState(seed)
+    return "".join(" the {} {} {} the {}\n".format(*rng.choice(WORDS[1:], 4)) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(checkpoint folder, corpus folder, the test perplexity the trainer printed)."""
+    root = tmp_path_factory.mktemp("lm")
+    corpus = write_corpus(root / "corpus", sentences(0, 300), sentences(1, 30), sentences(2, 30))
+    result = run_trainer(f"--data_path={corpus}", "--model=test", f"--save_path={root}/ckpt", "--seed=1")
+    assert result.returncode == 0, result.stderr
+    test_ppl = float(re.search(r"Test Perplexity: ([\d.]+)", result.stdout).group(1))
+    return str(root / "ckpt"), corpus, test_ppl
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return lm.LanguageModel(trained[0])
+
+
+def run_lm(*args, stdin=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "lm.py"), *args], input=stdin,
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_same_seed_same_text(model):
+    first = lm.generate(model, ["the"], 30, temperature=0.8, top_k=5, seed=3)
+    assert len(first) == 30 and set(first) <= set(model.vocab)
+    assert lm.generate(model, ["the"], 30, temperature=0.8, top_k=5, seed=3) == first
+    assert lm.generate(model, ["the"], 30, temperature=0.8, top_k=5, seed=4) != first
+
+
+def test_sampling_respects_top_k():
+    log_probs = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    rng = np.random.RandomState(0)
+    assert {lm.sample(log_probs, 1.0, 2, rng) for _ in range(200)} == {0, 1}
+    assert {lm.sample(log_probs, 1.0, 1, rng) for _ in range(20)} == {0}
+
+
+def test_predicted_probabilities_sum_to_one(model):
+    every_word = lm.predict(model, ["the", "cat"], len(model.vocab))
+    assert sum(p for _, p in every_word) == pytest.approx(1.0, abs=1e-5)
+    probabilities = [p for _, p in every_word]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_score_is_the_sum_of_predicted_log_probabilities(model):
+    sentence = "the dog sat under the mat".split()
+    log_prob, n = model.sentence_log_prob(sentence)
+    assert n == len(sentence) + 1  # the words and the sentence's end
+    by_prediction = 0.0
+    for i, word in enumerate(sentence + ["<eos>"]):
+        p = dict(lm.predict(model, sentence[:i], len(model.vocab)))
+        by_prediction += np.log(p[word])
+    assert log_prob == pytest.approx(by_prediction, abs=1e-4)
+
+
+def test_eval_equals_the_trainers_test_perplexity(trained):
+    save_path, corpus, test_ppl = trained
+    result = run_lm("eval", f"--save_path={save_path}", f"--input={corpus}/ptb.test.txt")
+    assert result.returncode == 0, result.stderr
+    assert float(re.search(r"Perplexity: ([\d.]+)", result.stdout).group(1)) == pytest.approx(test_ppl, abs=0.01)
+
+
+def test_score_command_plain_and_json(trained, model):
+    lines = "the cat sat on the mat\nthe dog ran\n"
+    result = run_lm("score", f"--save_path={trained[0]}", "--json", stdin=lines)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["words"] for r in rows] == [7, 4, 11]
+    assert rows[0]["log_prob"] == pytest.approx(model.sentence_log_prob(lines.split("\n")[0].split())[0], abs=1e-4)
+    assert rows[2]["total_log_prob"] == pytest.approx(rows[0]["log_prob"] + rows[1]["log_prob"], abs=1e-4)
+    assert rows[0]["log2_prob"] == pytest.approx(rows[0]["log_prob"] / np.log(2))
+    plain = run_lm("score", f"--save_path={trained[0]}", stdin=lines)
+    assert plain.stdout.splitlines()[-1].startswith("total: log_prob")
+
+
+def test_generate_and_predict_commands(trained):
+    generated = run_lm("generate", f"--save_path={trained[0]}", "--prompt=the zebra", "--num_words=5", "--seed=2")
+    assert generated.returncode == 0, generated.stderr
+    assert "zebra" in generated.stderr and "<unk>" in generated.stderr  # the user is told
+    again = run_lm("generate", f"--save_path={trained[0]}", "--prompt=the zebra", "--num_words=5", "--seed=2")
+    assert again.stdout == generated.stdout
+    predicted = run_lm("predict", f"--save_path={trained[0]}", "--top_k=3", stdin="the cat\nthe\n")
+    assert predicted.returncode == 0, predicted.stderr
+    assert [line.split(" -> ")[0] for line in predicted.stdout.splitlines()] == ["the cat", "the"]
+    assert all(len(line.split(" -> ")[1].split(", ")) == 3 for line in predicted.stdout.splitlines())
+
+
+def test_saved_model_runs_without_the_project(trained, model, tmp_path):
+    export_dir = lm.export(trained[0], str(tmp_path / "exported"))
+    ids = [model.word_to_id[w] for w in "<eos> the cat sat".split()]
+    expected, _ = model.log_probs(ids)
+    size, layers = model.config.hidden_size, model.config.num_layers
+    script = (f"import json, tensorflow as tf\n"
+              f"serve = tf.saved_model.load({export_dir!r}).signatures['serving_default']\n"
+              f"out = serve(ids=tf.constant([{ids}]), state=tf.zeros([{layers}, 2, 1, {size}]))\n"
+              f"print(json.dumps(out['log_probs'].numpy().tolist()))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.array(json.loads(result.stdout))[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_checkpoints(trained, tmp_path):
+    assert_one_line_error(run_lm("generate", f"--save_path={tmp_path}/none"), "^error: no checkpoint folder")
+    partial = tmp_path / "partial"
+    shutil.copytree(trained[0], partial)
+    os.remove(partial / "vocab.txt")
+    assert_one_line_error(run_lm("generate", f"--save_path={partial}"), r"not a complete checkpoint \(missing vocab.txt\)")
+    (partial / "vocab.txt").write_text("\n".join(lm.checkpoint.load(trained[0])[1][:-1]) + "\n")
+    assert_one_line_error(run_lm("generate", f"--save_path={partial}"), "do not match the weights")
+    shutil.copy(os.path.join(trained[0], "vocab.txt"), partial)
+    config = json.loads((partial / "config.json").read_text())
+    (partial / "config.json").write_text(json.dumps(dict(config, hidden_size=3)))
+    assert_one_line_error(run_lm("generate", f"--save_path={partial}"), "do not match the weights")
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["generate", "--temperature=0"], None, "^error: --temperature=0.0: give a number above 0"),
+    (["generate", "--temperature=-1"], None, "^error: --temperature=-1.0"),
+    (["predict", "--top_k=0", "--context=the"], None, "^error: --top_k=0: give a number from 1"),
+    (["generate", "--top_k=100000"], None, "^error: --top_k=100000"),
+    (["score"], "\n  \n", "^error: --input=- holds no text"),
+    (["bogus"], None, "^error: give one command"),
+])
+def test_bad_input(trained, args, stdin, message):
+    assert_one_line_error(run_lm(args[0], f"--save_path={trained[0]}", *args[1:], stdin=stdin), message)
