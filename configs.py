@@ -85,3 +85,9 @@ def get_config(name):
 def learning_rate(config, epoch):
     """The learning rate of 0-based `epoch`: constant, then decayed once per epoch."""
     return config.learning_rate * config.lr_decay ** max(epoch + 1 - config.max_epoch, 0)
+
+
+def matmul_flops_per_word(config):
+    """Multiply-adds x 2 of one word's forward pass: the LSTM layers ([x, h] @ kernel) and the softmax."""
+    size = config.hidden_size
+    return 2 * (config.num_layers * (2 * size) * (4 * size) + size * config.vocab_size)

@@ -8,7 +8,7 @@ the same variables, so a checkpoint trained in one mode loads in any other:
   basic  tf.nn.rnn_cell.BasicLSTMCell, statically unrolled: the tutorial's reference.
   block  tf.raw_ops.BlockLSTM, TensorFlow's fused kernel that runs a whole window
          in one op (the fastest on a CPU).
-  cudnn  cuDNN's LSTM; needs a GPU.
+  cudnn  cuDNN's LSTM on a GPU: not built yet (no GPU to test it on); refused with a clear error.
 
 Both BasicLSTMCell and BlockLSTM compute the gates as [x, h] @ kernel + bias, split
 into (input, candidate, forget, output): the same kernel works for both.
@@ -21,6 +21,7 @@ from tf1 import tf
 
 RNN_MODES = ("basic", "block", "cudnn")
 COMPUTE_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
+PRECISIONS = tuple(COMPUTE_DTYPES)
 
 
 def gpu_available():
@@ -28,8 +29,8 @@ def gpu_available():
 
 
 def default_rnn_mode():
-    """The fastest mode this machine has."""
-    return "cudnn" if gpu_available() else "block"
+    """The fastest mode this machine has (BlockLSTM runs on CPUs and GPUs alike)."""
+    return "block"
 
 
 def check_rnn_mode(rnn_mode):
@@ -37,6 +38,9 @@ def check_rnn_mode(rnn_mode):
         raise ValueError(f"unknown rnn_mode {rnn_mode!r}: choose one of {', '.join(RNN_MODES)}")
     if rnn_mode == "cudnn" and not gpu_available():
         raise ValueError("rnn_mode cudnn needs a GPU and TensorFlow sees none: use --rnn_mode=block")
+    if rnn_mode == "cudnn":
+        raise ValueError("rnn_mode cudnn is not built yet (no GPU to test it on): use --rnn_mode=block, "
+                         "which runs on the GPU too")
 
 
 class PTBModel:
@@ -125,8 +129,10 @@ class PTBModel:
     def block_lstm(self, inputs, states):
         """The same layers, each one fused BlockLSTM op over the whole window."""
         size = self.config.hidden_size
-        x = tf.transpose(inputs, [1, 0, 2])  # BlockLSTM is time-major
-        no_peephole = tf.zeros([size])
+        # BlockLSTM has fp32 and fp16 kernels, none for bf16: under bf16 only the softmax is in bf16.
+        dtype = tf.float16 if self.compute_dtype == tf.float16 else tf.float32
+        x = tf.cast(tf.transpose(inputs, [1, 0, 2]), dtype)  # BlockLSTM is time-major
+        no_peephole = tf.zeros([size], dtype)
         finals = []
         for l, (c, h) in enumerate(states):
             # The variable names BasicLSTMCell uses, so checkpoints move freely between modes.
@@ -135,11 +141,12 @@ class PTBModel:
                 bias = tf.get_variable("bias", [4 * size], tf.float32, initializer=tf.zeros_initializer())
             seq_len = tf.cast(tf.shape(x)[0], tf.int64)
             _, cs, _, _, _, _, x = tf.raw_ops.BlockLSTM(
-                seq_len_max=seq_len, x=x, cs_prev=c, h_prev=h, w=kernel, wci=no_peephole, wcf=no_peephole,
-                wco=no_peephole, b=bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
-            finals.append((cs[-1], x[-1]))
+                seq_len_max=seq_len, x=x, cs_prev=tf.cast(c, dtype), h_prev=tf.cast(h, dtype),
+                w=tf.cast(kernel, dtype), wci=no_peephole, wcf=no_peephole, wco=no_peephole,
+                b=tf.cast(bias, dtype), forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
+            finals.append((tf.cast(cs[-1], tf.float32), tf.cast(x[-1], tf.float32)))
             x = self.dropout(x)
-        return tf.transpose(x, [1, 0, 2]), finals
+        return tf.cast(tf.transpose(x, [1, 0, 2]), tf.float32), finals
 
     def build_train_op(self):
         """Plain SGD on gradients clipped to a global norm of max_grad_norm."""

@@ -22,8 +22,8 @@ from absl import app, flags
 import checkpoint
 import configs
 import reader
-from model import RNN_MODES, PTBModel, check_rnn_mode, default_rnn_mode, run_epoch
-from tf1 import tf
+from model import PRECISIONS, RNN_MODES, PTBModel, check_rnn_mode, default_rnn_mode, run_epoch
+from tf1 import session_config, tf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,8 +33,10 @@ flags.DEFINE_enum("model", "small", list(configs.CONFIGS), "Model config.")
 flags.DEFINE_string("save_path", None, "Folder for the checkpoint, config and vocabulary.")
 flags.DEFINE_enum("rnn_mode", None, list(RNN_MODES), "How the LSTM runs: basic (BasicLSTMCell, the "
                   "reference), block (fused BlockLSTM kernel), cudnn (GPU). Default: the fastest here.")
-flags.DEFINE_bool("use_fp16", False, "Not supported yet: fp32 is used (the flag is kept for the tutorial's "
-                  "command lines).")
+flags.DEFINE_enum("precision", "fp32", list(PRECISIONS), "Matmul precision; variables, loss and gradient "
+                  "clipping stay fp32. bf16: the softmax in bfloat16 (BlockLSTM has no bf16 kernel); fp16: the "
+                  "softmax and the LSTM in float16.")
+flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precision=fp16.")
 flags.DEFINE_integer("max_max_epoch", None, "Train this many epochs instead of the config's.")
 flags.DEFINE_integer("seed", None, "Graph-level random seed (initialisation and dropout).")
 flags.DEFINE_integer("test_window", 100, "Window length of the test pass (batch size 1); any length gives "
@@ -55,12 +57,8 @@ def prepare_save_path(path):
         raise reader.DataError(f"cannot write to --save_path={path} ({e.strerror}): choose a writable folder")
 
 
-def session_config():
-    n = FLAGS.num_threads
-    return tf.ConfigProto(intra_op_parallelism_threads=n, inter_op_parallelism_threads=n)
 
-
-def train(data, config, rnn_mode, save_path=None):
+def train(data, config, rnn_mode, precision="fp32", save_path=None):
     """Trains for config.max_max_epoch epochs, prints the perplexities, returns the test perplexity."""
     with tf.Graph().as_default():
         if FLAGS.seed is not None:
@@ -68,13 +66,13 @@ def train(data, config, rnn_mode, save_path=None):
         initializer = tf.random_uniform_initializer(-config.init_scale, config.init_scale)
         test_steps = 1 if rnn_mode == "basic" else None  # batch 1: every word sees all the text before it
         with tf.variable_scope("Model", reuse=None, initializer=initializer):
-            m = PTBModel(True, config, config.batch_size, config.num_steps, rnn_mode)
+            m = PTBModel(True, config, config.batch_size, config.num_steps, rnn_mode, precision)
         with tf.variable_scope("Model", reuse=True, initializer=initializer):
-            mvalid = PTBModel(False, config, config.batch_size, config.num_steps, rnn_mode)
-            mtest = PTBModel(False, config, 1, test_steps, rnn_mode)
+            mvalid = PTBModel(False, config, config.batch_size, config.num_steps, rnn_mode, precision)
+            mtest = PTBModel(False, config, 1, test_steps, rnn_mode, precision)
         saver = tf.train.Saver(tf.global_variables(), max_to_keep=1)
 
-        with tf.Session(config=session_config()) as session:
+        with tf.Session(config=session_config(FLAGS.num_threads)) as session:
             session.run(tf.global_variables_initializer())
             start = time.time()
             for i in range(config.max_max_epoch):
@@ -112,9 +110,10 @@ def main(argv):
         reader.epoch_size(len(data.test), 1, 1)
     except (reader.DataError, ValueError) as e:
         sys.exit(f"error: {e}")
-    print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, vocabulary: {config.vocab_size} words, "
-          f"train/valid/test: {len(data.train)}/{len(data.valid)}/{len(data.test)} words", flush=True)
-    train(data, config, rnn_mode, FLAGS.save_path)
+    precision = "fp16" if FLAGS.use_fp16 else FLAGS.precision
+    print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, vocabulary: {config.vocab_size} "
+          f"words, train/valid/test: {len(data.train)}/{len(data.valid)}/{len(data.test)} words", flush=True)
+    train(data, config, rnn_mode, precision, FLAGS.save_path)
 
 
 if __name__ == "__main__":

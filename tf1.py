@@ -38,3 +38,8 @@ with quiet_stderr():
 
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)  # the deprecation warnings of the 1.x API are not news here
+
+
+def session_config(num_threads=0):
+    """Threads for TensorFlow's ops inside one op and across ops; 0 means one per core."""
+    return tf.ConfigProto(intra_op_parallelism_threads=num_threads, inter_op_parallelism_threads=num_threads)

@@ -141,3 +141,24 @@ def test_checkpoint_round_trip_gives_the_same_valid_perplexity(tmp_path):
     with session2.graph.as_default():
         tf.train.Saver().restore(session2, str(tmp_path / "model.ckpt"))
     assert run_epoch(session2, fresh, data.valid) == pytest.approx(before, rel=1e-6)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("bf16", 2e-2), ("fp16", 2e-3)])
+def test_reduced_precision_stays_close_to_fp32(precision, tolerance):
+    config = TinyConfig()
+    graph = tf.Graph()
+    with graph.as_default(), tf.variable_scope("Model", initializer=tf.random_uniform_initializer(-0.5, 0.5)):
+        full = PTBModel(False, config, 4, 5, "block", "fp32")
+        tf.get_variable_scope().reuse_variables()
+        reduced = PTBModel(False, config, 4, 5, "block", precision)
+        session = tf.Session(graph=graph)
+        session.run(tf.global_variables_initializer())
+    x, y = random_batch(config, 4, 5)
+    cost_full, cost_reduced = session.run([full.cost, reduced.cost], {**feed(full, x, y), **feed(reduced, x, y)})
+    assert cost_reduced == pytest.approx(cost_full, rel=tolerance)
+    assert cost_reduced != cost_full  # the reduced precision really is in the graph
+
+
+def test_matmul_flops_per_word():
+    # small: 2 layers x [400 x 800] + [200 x 10000], two FLOPs a multiply-add
+    assert configs.matmul_flops_per_word(configs.get_config("small")) == 2 * (2 * 400 * 800 + 200 * 10000)

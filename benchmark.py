@@ -1,0 +1,97 @@
+"""How fast the model trains and evaluates here, against what this machine's matmuls can do.
+
+    python benchmark.py --model=medium                       # every rnn_mode and precision
+    python benchmark.py --model=small --modes=block --precisions=fp32 --steps=50
+
+On random word ids of the config's real shapes it times `--steps` training steps, as many
+validation-shaped evaluation steps, and the batch-1 test pass, after a warm-up. It first
+measures the machine's peak: one large matmul in each precision. A benchmark, not a test:
+nothing in the test suite depends on speed.
+"""
+import time
+
+import numpy as np
+from absl import app, flags
+
+import configs
+from model import COMPUTE_DTYPES, PTBModel, check_rnn_mode
+from tf1 import session_config, tf
+
+flags.DEFINE_enum("model", "small", list(configs.CONFIGS), "Model config.")
+flags.DEFINE_list("modes", ["basic", "block"], "rnn_modes to time.")
+flags.DEFINE_list("precisions", ["fp32", "bf16"], "Precisions to time.")
+flags.DEFINE_integer("steps", 30, "Timed steps of each kind.")
+flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per core).")
+FLAGS = flags.FLAGS
+
+
+def time_runs(session, fetch, feed=None, steps=10, warmup=3):
+    for _ in range(warmup):
+        session.run(fetch, feed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        session.run(fetch, feed)
+    return (time.perf_counter() - start) / steps
+
+
+def matmul_peak(precision, n=2048):
+    """GFLOP/s of an n x n x n matmul with its operands already in `precision`."""
+    with tf.Graph().as_default():
+        dtype = COMPUTE_DTYPES[precision]
+        a = tf.Variable(tf.cast(tf.random.normal([n, n]), dtype))
+        b = tf.Variable(tf.cast(tf.random.normal([n, n]), dtype))
+        product = tf.matmul(a, b).op
+        with tf.Session(config=session_config(FLAGS.num_threads)) as session:
+            session.run(tf.global_variables_initializer())
+            return 2 * n ** 3 / time_runs(session, product, steps=20) / 1e9
+
+
+def words_per_second(config, rnn_mode, precision):
+    """(train, valid-shaped eval, batch-1 test pass) words per second on random ids."""
+    batch, steps = config.batch_size, config.num_steps
+    test_window = 1 if rnn_mode == "basic" else 100
+    with tf.Graph().as_default():
+        with tf.variable_scope("Model", initializer=tf.random_uniform_initializer(-0.05, 0.05)):
+            train = PTBModel(True, config, batch, steps, rnn_mode, precision)
+        with tf.variable_scope("Model", reuse=True):
+            valid = PTBModel(False, config, batch, steps, rnn_mode, precision)
+            test = PTBModel(False, config, 1, test_window if rnn_mode == "basic" else None, rnn_mode, precision)
+        rng = np.random.RandomState(0)
+
+        def feed(m, rows, cols):
+            return {m.input_data: rng.randint(0, config.vocab_size, (rows, cols)),
+                    m.targets: rng.randint(0, config.vocab_size, (rows, cols))}
+
+        with tf.Session(config=session_config(FLAGS.num_threads)) as session:
+            session.run(tf.global_variables_initializer())
+            train.assign_lr(session, 0.01)
+            train_s = time_runs(session, [train.cost, train.final_state, train.train_op], feed(train, batch, steps),
+                                FLAGS.steps)
+            valid_s = time_runs(session, [valid.cost, valid.final_state], feed(valid, batch, steps), FLAGS.steps)
+            test_s = time_runs(session, [test.cost, test.final_state], feed(test, 1, test_window), FLAGS.steps)
+    return batch * steps / train_s, batch * steps / valid_s, test_window / test_s
+
+
+def main(argv):
+    del argv
+    config = configs.get_config(FLAGS.model)
+    for mode in FLAGS.modes:
+        try:
+            check_rnn_mode(mode)
+        except ValueError as e:
+            raise app.UsageError(str(e))
+    flops = configs.matmul_flops_per_word(config)
+    peaks = {p: matmul_peak(p) for p in FLAGS.precisions}
+    print(f"config {FLAGS.model}: {3 * flops / 1e6:.1f} MFLOP per word to train, {flops / 1e6:.1f} to evaluate; "
+          "matmul peak " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()), flush=True)
+    print(f"{'mode':6} {'precision':9} {'train w/s':>10} {'of peak':>8} {'valid w/s':>10} {'test w/s':>9}")
+    for mode in FLAGS.modes:
+        for precision in FLAGS.precisions:
+            train_wps, valid_wps, test_wps = words_per_second(config, mode, precision)
+            fraction = train_wps * 3 * flops / (peaks[precision] * 1e9)
+            print(f"{mode:6} {precision:9} {train_wps:10.0f} {fraction:8.0%} {valid_wps:10.0f} {test_wps:9.0f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
