@@ -1,7 +1,8 @@
 """A checkpoint folder that stands alone: the weights, the config they were trained with,
 and the vocabulary, one word a line (line n is word id n).
 
-    runs/small/model.ckpt.*   TensorFlow checkpoint (tf.train.Saver)
+    runs/small/model.ckpt-N.*  TensorFlow checkpoints (tf.train.Saver) after N steps, the last few
+    runs/small/checkpoint      which of them is the latest
     runs/small/config.json    hyperparameters
     runs/small/vocab.txt      the vocabulary
 """
@@ -23,11 +24,12 @@ def config_fields(config):
     return {k: getattr(config, k) for k in dir(config) if not k.startswith("_")}
 
 
-def save(session, saver, save_path, config, vocab):
+def save(session, saver, save_path, config, vocab, global_step=None):
     """Writes the three parts; each file is written whole before it replaces the old one."""
-    saver.save(session, os.path.join(save_path, CKPT))
     write_atomically(os.path.join(save_path, CONFIG), json.dumps(config_fields(config), indent=2) + "\n")
     write_atomically(os.path.join(save_path, VOCAB), "\n".join(vocab) + "\n")
+    # The Saver, too, writes to temporary files and renames them, and names the latest last.
+    saver.save(session, os.path.join(save_path, CKPT), global_step=global_step)
 
 
 def write_atomically(path, text):
@@ -42,7 +44,10 @@ def load(save_path):
     if not os.path.isdir(save_path):
         raise CheckpointError(f"no checkpoint folder {save_path}: train one with "
                               f"python ptb_word_lm.py --save_path={save_path}")
-    missing = [f for f in (CONFIG, VOCAB, CKPT + ".index") if not os.path.isfile(os.path.join(save_path, f))]
+    prefix = tf.train.latest_checkpoint(save_path)
+    missing = [f for f in (CONFIG, VOCAB) if not os.path.isfile(os.path.join(save_path, f))]
+    if not prefix or not os.path.isfile(prefix + ".index"):
+        missing.append("the weights, " + CKPT + "*")
     if missing:
         raise CheckpointError(f"{save_path} is not a complete checkpoint (missing {', '.join(missing)}): "
                               "point --save_path at a folder written by ptb_word_lm.py --save_path")
@@ -53,7 +58,6 @@ def load(save_path):
             vocab = f.read().split("\n")[:-1]
     except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{save_path}: unreadable {CONFIG} or {VOCAB} ({e}): retrain or restore the file")
-    prefix = os.path.join(save_path, CKPT)
     check_shapes(prefix, config, vocab)
     return config, vocab, prefix
 

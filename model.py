@@ -13,8 +13,8 @@ the same variables, so a checkpoint trained in one mode loads in any other:
 Both BasicLSTMCell and BlockLSTM compute the gates as [x, h] @ kernel + bias, split
 into (input, candidate, forget, output): the same kernel works for both.
 """
+import itertools
 import math
-import time
 
 import reader
 from tf1 import tf
@@ -41,6 +41,12 @@ def check_rnn_mode(rnn_mode):
     if rnn_mode == "cudnn":
         raise ValueError("rnn_mode cudnn is not built yet (no GPU to test it on): use --rnn_mode=block, "
                          "which runs on the GPU too")
+
+
+def dropout_seed():
+    """The run's dropout seed: a variable, so that it is saved and restored with the weights."""
+    with tf.variable_scope("Train", reuse=tf.AUTO_REUSE):
+        return tf.get_variable("dropout_seed", [], tf.int64, trainable=False, initializer=tf.zeros_initializer())
 
 
 class PTBModel:
@@ -74,7 +80,7 @@ class PTBModel:
         with tf.device("/cpu:0"):  # the lookup table's gather is a CPU op; keep it with the table
             embedding = tf.get_variable("embedding", [config.vocab_size, size], tf.float32)
             inputs = tf.nn.embedding_lookup(embedding, self.input_data)
-        inputs = self.dropout(inputs)
+        inputs = self.dropout(inputs, site=0)
 
         outputs, final_state = self.lstm_layers(inputs, self.initial_state)
         self.final_state = tf.identity(final_state, name="final_state")
@@ -100,8 +106,16 @@ class PTBModel:
             return tf.matmul(a, b)
         return tf.cast(tf.matmul(tf.cast(a, self.compute_dtype), tf.cast(b, self.compute_dtype)), tf.float32)
 
-    def dropout(self, x):
-        return tf.nn.dropout(x, rate=1.0 - self.keep_prob) if self.keep_prob < 1.0 else x
+    def dropout(self, x, site):
+        """Dropout whose mask is a function of (seed, training step, site in the graph).
+
+        Stateless: a run resumed from a checkpoint draws the very masks it would have drawn.
+        """
+        if self.keep_prob >= 1.0:
+            return x
+        step = tf.train.get_or_create_global_step()
+        seed = tf.stack([dropout_seed(), step * 8 + site])
+        return tf.nn.experimental.stateless_dropout(x, rate=1.0 - self.keep_prob, seed=seed)
 
     def lstm_layers(self, inputs, initial_state):
         """inputs [batch, time, hidden] -> (outputs [batch, time, hidden], final state)."""
@@ -145,7 +159,7 @@ class PTBModel:
                 w=tf.cast(kernel, dtype), wci=no_peephole, wcf=no_peephole, wco=no_peephole,
                 b=tf.cast(bias, dtype), forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
             finals.append((tf.cast(cs[-1], tf.float32), tf.cast(x[-1], tf.float32)))
-            x = self.dropout(x)
+            x = self.dropout(x, site=l + 1)
         return tf.cast(tf.transpose(x, [1, 0, 2]), tf.float32), finals
 
     def build_train_op(self):
@@ -164,32 +178,42 @@ class PTBModel:
         session.run(self.lr_update, feed_dict={self.new_lr: lr_value})
 
 
-def run_epoch(session, model, data, train_op=None, verbose=False, window=None):
+class Position:
+    """How far a pass over a text has got: windows done, their summed cost and length, the LSTM state."""
+
+    def __init__(self, step=0, costs=0.0, iters=0, state=None):
+        self.step, self.costs, self.iters, self.state = step, costs, iters, state
+
+    def advance(self, cost, state, num_steps):
+        self.step, self.costs, self.iters, self.state = self.step + 1, self.costs + cost, self.iters + num_steps, state
+
+    @property
+    def perplexity(self):
+        return math.exp(self.costs / self.iters)
+
+
+def run_epoch(session, model, data, train_op=None, window=None, position=None, on_step=None):
     """One pass over `data`; returns its perplexity, exp(total cost / total steps).
 
     The final LSTM state of each window is fed as the initial state of the next one.
     A model built with num_steps=None is fed windows of `window` words, the last one
-    shorter, so that every word is scored exactly once.
+    shorter, so that every word is scored exactly once. A pass can start from a saved
+    `position`; on_step(position, fetched values, epoch_size) is called after each window.
     """
     num_steps = model.num_steps or window
     batches = reader.ptb_iterator(data, model.batch_size, num_steps, keep_remainder=model.num_steps is None)
     epoch_size = reader.epoch_size(len(data), model.batch_size, num_steps)
     fetches = {"cost": model.cost, "final_state": model.final_state}
     if train_op is not None:
-        fetches["train_op"] = train_op
+        fetches.update(train_op=train_op, grad_norm=model.grad_norm)
 
-    start_time = time.time()
-    costs, iters = 0.0, 0
-    state = None  # the first window starts from zeros, initial_state's default
-    for step, (x, y) in enumerate(batches):
+    position = position or Position()
+    for x, y in itertools.islice(batches, position.step, None):  # skips the windows done before a resume
         feed = {model.input_data: x, model.targets: y}
-        if state is not None:
-            feed[model.initial_state] = state
+        if position.state is not None:  # else initial_state's default: zeros
+            feed[model.initial_state] = position.state
         vals = session.run(fetches, feed)
-        costs += vals["cost"]
-        state = vals["final_state"]
-        iters += x.shape[1]
-        if verbose and epoch_size >= 10 and step % (epoch_size // 10) == 10:
-            print(f"{step / epoch_size:.3f} perplexity: {math.exp(costs / iters):.3f} "
-                  f"speed: {iters * model.batch_size / (time.time() - start_time):.0f} wps", flush=True)
-    return math.exp(costs / iters)
+        position.advance(vals["cost"], vals["final_state"], x.shape[1])
+        if on_step:
+            on_step(position, vals, epoch_size)
+    return position.perplexity

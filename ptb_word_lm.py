@@ -12,17 +12,25 @@
 | large  | 55     | 37.87     | 82.62     |  78.29  (78.4)   |
 
 (the TensorFlow tutorial's numbers; what this code measured on this machine is in README.md.)
+
+With --save_path the run can be stopped (Ctrl-C, SIGTERM) and resumed by rerunning the same
+command: a checkpoint is written at every epoch end and every --checkpoint_minutes, and it
+holds the position inside the epoch, the LSTM state and the running totals with the weights.
 """
+import math
 import os
+import signal
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
 import checkpoint
 import configs
+import monitor
 import reader
-from model import PRECISIONS, RNN_MODES, PTBModel, check_rnn_mode, default_rnn_mode, run_epoch
+from model import PRECISIONS, RNN_MODES, Position, PTBModel, check_rnn_mode, default_rnn_mode, dropout_seed, run_epoch
 from tf1 import session_config, tf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 flags.DEFINE_string("data_path", None, "Folder with ptb.{train,valid,test}.txt; default: data/ of this "
                     "project, where the corpus is downloaded if missing.")
 flags.DEFINE_enum("model", "small", list(configs.CONFIGS), "Model config.")
-flags.DEFINE_string("save_path", None, "Folder for the checkpoint, config and vocabulary.")
+flags.DEFINE_string("save_path", None, "Folder for checkpoints, config, vocabulary, TensorBoard summaries, "
+                    "metrics and plot. Rerunning with the same folder resumes the run.")
 flags.DEFINE_enum("rnn_mode", None, list(RNN_MODES), "How the LSTM runs: basic (BasicLSTMCell, the "
                   "reference), block (fused BlockLSTM kernel), cudnn (GPU). Default: the fastest here.")
 flags.DEFINE_enum("precision", "fp32", list(PRECISIONS), "Matmul precision; variables, loss and gradient "
@@ -38,11 +47,161 @@ flags.DEFINE_enum("precision", "fp32", list(PRECISIONS), "Matmul precision; vari
                   "softmax and the LSTM in float16.")
 flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precision=fp16.")
 flags.DEFINE_integer("max_max_epoch", None, "Train this many epochs instead of the config's.")
-flags.DEFINE_integer("seed", None, "Graph-level random seed (initialisation and dropout).")
+flags.DEFINE_float("learning_rate", None, "Initial learning rate instead of the config's.")
+flags.DEFINE_integer("seed", None, "Random seed of initialisation and dropout; default: a random one, printed.")
+flags.DEFINE_integer("train_words", None, "Train on the first N words only (quick trials).")
+flags.DEFINE_float("checkpoint_minutes", 10, "With --save_path: also checkpoint inside an epoch this often.")
 flags.DEFINE_integer("test_window", 100, "Window length of the test pass (batch size 1); any length gives "
                      "the tutorial's num_steps=1 result, longer windows just run faster. Not in basic mode.")
 flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per core).")
 FLAGS = flags.FLAGS
+
+signals_received = []  # filled by the signal handler, read between training steps
+
+
+class Stop(Exception):
+    """Training ends early; the message says why and what to do next."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Progress:
+    """Where training is, kept in variables so that it is saved with (and only with) the weights."""
+
+    def __init__(self, state_shape):
+        zeros = tf.zeros_initializer()
+        with tf.variable_scope("Train"):
+            self.vars = {name: tf.get_variable(name, [], dtype, trainable=False, initializer=zeros)
+                         for name, dtype in (("epoch", tf.int64), ("step", tf.int64),
+                                             ("costs", tf.float64), ("iters", tf.int64))}
+            self.vars["lstm_state"] = tf.get_variable("lstm_state", state_shape, tf.float32, trainable=False,
+                                                      initializer=zeros)
+        self.feeds = {k: tf.placeholder(v.dtype.base_dtype, v.shape) for k, v in self.vars.items()}
+        self.assign = tf.group(*[tf.assign(self.vars[k], self.feeds[k]) for k in self.vars])
+
+    def write(self, session, epoch, position):
+        state = position.state if position.state is not None else np.zeros(self.feeds["lstm_state"].shape)
+        values = dict(epoch=epoch, step=position.step, costs=position.costs, iters=position.iters, lstm_state=state)
+        session.run(self.assign, {self.feeds[k]: v for k, v in values.items()})
+
+    def read(self, session):
+        v = session.run(self.vars)
+        state = v["lstm_state"] if v["step"] > 0 else None
+        return int(v["epoch"]), Position(int(v["step"]), float(v["costs"]), int(v["iters"]), state)
+
+
+class Trainer:
+    """Builds the graph of one training run and runs it, epoch by epoch."""
+
+    def __init__(self, data, config, rnn_mode="block", precision="fp32", save_path=None, seed=None):
+        self.data, self.config, self.save_path = data, config, save_path
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.set_random_seed(seed)
+            initializer = tf.random_uniform_initializer(-config.init_scale, config.init_scale)
+            test_steps = 1 if rnn_mode == "basic" else None  # batch 1: every word sees all the text before it
+            with tf.variable_scope("Model", reuse=None, initializer=initializer):
+                self.m = PTBModel(True, config, config.batch_size, config.num_steps, rnn_mode, precision)
+            with tf.variable_scope("Model", reuse=True, initializer=initializer):
+                self.mvalid = PTBModel(False, config, config.batch_size, config.num_steps, rnn_mode, precision)
+                self.mtest = PTBModel(False, config, 1, test_steps, rnn_mode, precision)
+            with tf.variable_scope("Model"):
+                seed_var = dropout_seed()
+            self.progress = Progress(self.m.initial_state.shape)
+            self.global_step = tf.train.get_global_step()
+            self.saver = tf.train.Saver(tf.global_variables(), max_to_keep=3)
+            self.session = tf.Session(config=session_config(FLAGS.num_threads))
+            self.session.run(tf.global_variables_initializer())
+            self.session.run(seed_var.assign(seed))
+        self.log = monitor.RunLog(save_path)
+
+    def restore(self):
+        """Resumes from the latest checkpoint in save_path, if any: returns (epoch, position)."""
+        latest = self.save_path and tf.train.latest_checkpoint(self.save_path)
+        if not latest:
+            return 0, None
+        try:
+            self.saver.restore(self.session, latest)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+            raise Stop(f"cannot resume from {latest}: it holds another model ({e.message.splitlines()[0]}); "
+                       "give another --save_path or the flags of that run", 2)
+        epoch, position = self.progress.read(self.session)
+        print(f"Resuming from {latest}: epoch {epoch + 1}, step {position.step}", flush=True)
+        return epoch, position
+
+    def save(self, epoch, position):
+        if self.save_path:
+            self.progress.write(self.session, epoch, position)
+            checkpoint.save(self.session, self.saver, self.save_path, self.config, self.data.vocab, self.global_step)
+            self.last_save = time.time()
+
+    def run(self):
+        config, m = self.config, self.m
+        first_epoch, position = self.restore()
+        self.last_save = time.time()
+        for i in range(first_epoch, config.max_max_epoch):
+            lr = configs.learning_rate(config, i)
+            m.assign_lr(self.session, lr)
+            print(f"Epoch: {i + 1} Learning rate: {lr:.3f}", flush=True)
+            self.epoch, self.epoch_start, self.first_step = i, time.time(), position.step if position else 0
+            train_perplexity = run_epoch(self.session, m, self.data.train, m.train_op, position=position,
+                                         on_step=self.after_step)
+            position = None
+            print(f"Epoch: {i + 1} Train Perplexity: {train_perplexity:.3f}", flush=True)
+            valid_perplexity = run_epoch(self.session, self.mvalid, self.data.valid)
+            print(f"Epoch: {i + 1} Valid Perplexity: {valid_perplexity:.3f}", flush=True)
+            self.save(i + 1, Position())
+            self.log_epoch(i + 1, lr, train_perplexity, valid_perplexity)
+            self.stop_if_signalled(i + 1, 0)
+        test_perplexity = run_epoch(self.session, self.mtest, self.data.test, window=FLAGS.test_window)
+        print(f"Test Perplexity: {test_perplexity:.3f}", flush=True)
+        self.log.scalars(config.max_max_epoch, test_perplexity=test_perplexity)
+        self.log.close()
+        return test_perplexity
+
+    def after_step(self, position, vals, epoch_size):
+        """Between two training steps: the NaN guard, progress lines, checkpoints, signals."""
+        if not (math.isfinite(vals["cost"]) and math.isfinite(vals["grad_norm"])):
+            kept = f"the last good checkpoint in {self.save_path} is kept" if self.save_path else "nothing was saved"
+            raise Stop(f"the loss became {vals['cost']} (gradient norm {vals['grad_norm']}) at epoch {self.epoch + 1}, "
+                       f"step {position.step}: training stopped, {kept}; lower --learning_rate", 3)
+        step = position.step - 1
+        if epoch_size >= 10 and step % (epoch_size // 10) == 10:
+            self.print_progress(position, epoch_size)
+        if self.save_path and time.time() - self.last_save > 60 * FLAGS.checkpoint_minutes:
+            self.save(self.epoch, position)
+        self.stop_if_signalled(self.epoch, position.step, position)
+
+    def print_progress(self, position, epoch_size):
+        elapsed = time.time() - self.epoch_start
+        seconds_per_step = elapsed / (position.step - self.first_step)
+        epoch_left = (epoch_size - position.step) * seconds_per_step
+        run_left = epoch_left + (self.config.max_max_epoch - self.epoch - 1) * epoch_size * seconds_per_step
+        wps = (position.step - self.first_step) * self.m.batch_size * self.m.num_steps / elapsed
+        print(f"{position.step / epoch_size:.3f} perplexity: {position.perplexity:.3f} speed: {wps:.0f} wps "
+              f"eta: epoch {monitor.duration(epoch_left)}, run {monitor.duration(run_left)}", flush=True)
+        self.log.scalars(self.session.run(self.global_step), train_loss=math.log(position.perplexity),
+                         learning_rate=self.session.run(self.m.lr), words_per_second=wps)
+
+    def log_epoch(self, epoch, lr, train_perplexity, valid_perplexity):
+        step = self.session.run(self.global_step)
+        self.log.scalars(step, train_perplexity=train_perplexity, valid_perplexity=valid_perplexity)
+        self.log.epoch({"epoch": epoch, "learning_rate": lr, "train_perplexity": train_perplexity,
+                        "valid_perplexity": valid_perplexity, "global_step": int(step)})
+
+    def stop_if_signalled(self, epoch, step, position=None):
+        if not signals_received:
+            return
+        signum = signals_received[0]
+        if not self.save_path:
+            raise Stop(f"stopped by signal {signum} at epoch {epoch + 1}, step {step}; nothing saved "
+                       "(no --save_path)", 128 + signum)
+        if position is not None:
+            self.save(epoch, position)
+        raise Stop(f"stopped by signal {signum}; saved epoch {epoch + 1}, step {step} to {self.save_path}: "
+                   "rerun the same command to resume", 128 + signum)
 
 
 def prepare_save_path(path):
@@ -57,63 +216,47 @@ def prepare_save_path(path):
         raise reader.DataError(f"cannot write to --save_path={path} ({e.strerror}): choose a writable folder")
 
 
-
-def train(data, config, rnn_mode, precision="fp32", save_path=None):
-    """Trains for config.max_max_epoch epochs, prints the perplexities, returns the test perplexity."""
-    with tf.Graph().as_default():
-        if FLAGS.seed is not None:
-            tf.set_random_seed(FLAGS.seed)
-        initializer = tf.random_uniform_initializer(-config.init_scale, config.init_scale)
-        test_steps = 1 if rnn_mode == "basic" else None  # batch 1: every word sees all the text before it
-        with tf.variable_scope("Model", reuse=None, initializer=initializer):
-            m = PTBModel(True, config, config.batch_size, config.num_steps, rnn_mode, precision)
-        with tf.variable_scope("Model", reuse=True, initializer=initializer):
-            mvalid = PTBModel(False, config, config.batch_size, config.num_steps, rnn_mode, precision)
-            mtest = PTBModel(False, config, 1, test_steps, rnn_mode, precision)
-        saver = tf.train.Saver(tf.global_variables(), max_to_keep=1)
-
-        with tf.Session(config=session_config(FLAGS.num_threads)) as session:
-            session.run(tf.global_variables_initializer())
-            start = time.time()
-            for i in range(config.max_max_epoch):
-                m.assign_lr(session, configs.learning_rate(config, i))
-                print(f"Epoch: {i + 1} Learning rate: {session.run(m.lr):.3f}", flush=True)
-                train_perplexity = run_epoch(session, m, data.train, m.train_op, verbose=True)
-                print(f"Epoch: {i + 1} Train Perplexity: {train_perplexity:.3f}", flush=True)
-                valid_perplexity = run_epoch(session, mvalid, data.valid)
-                print(f"Epoch: {i + 1} Valid Perplexity: {valid_perplexity:.3f}", flush=True)
-                if save_path:
-                    checkpoint.save(session, saver, save_path, config, data.vocab)
-            train_time = time.time() - start
-            test_perplexity = run_epoch(session, mtest, data.test, window=FLAGS.test_window)
-            print(f"Test Perplexity: {test_perplexity:.3f}")
-            print(f"Wall time: {time.time() - start:.0f} s (training and validation {train_time:.0f} s, "
-                  f"test pass {time.time() - start - train_time:.0f} s)", flush=True)
-            return test_perplexity
+def load_data_and_config():
+    """The corpus and the config, every flag and file checked before any graph is built."""
+    config = configs.get_config(FLAGS.model)
+    if FLAGS.max_max_epoch is not None:
+        config.max_max_epoch = FLAGS.max_max_epoch
+    if FLAGS.learning_rate is not None:
+        config.learning_rate = FLAGS.learning_rate
+    check_rnn_mode(FLAGS.rnn_mode or default_rnn_mode())
+    if FLAGS.save_path:
+        prepare_save_path(FLAGS.save_path)
+    data = reader.load_ptb(FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data")))
+    if FLAGS.train_words:
+        data = data._replace(train=data.train[:FLAGS.train_words])
+    config.vocab_size = len(data.vocab)
+    reader.epoch_size(len(data.train), config.batch_size, config.num_steps)
+    reader.epoch_size(len(data.valid), config.batch_size, config.num_steps)
+    reader.epoch_size(len(data.test), 1, 1)
+    return data, config
 
 
 def main(argv):
     del argv
     try:
-        config = configs.get_config(FLAGS.model)
-        if FLAGS.max_max_epoch is not None:
-            config.max_max_epoch = FLAGS.max_max_epoch
-        rnn_mode = FLAGS.rnn_mode or default_rnn_mode()
-        check_rnn_mode(rnn_mode)
-        if FLAGS.save_path:
-            prepare_save_path(FLAGS.save_path)
-        data_path = FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data"))
-        data = reader.load_ptb(data_path)
-        config.vocab_size = len(data.vocab)
-        for split in ("train", "valid"):
-            reader.epoch_size(len(getattr(data, split)), config.batch_size, config.num_steps)
-        reader.epoch_size(len(data.test), 1, 1)
+        data, config = load_data_and_config()
     except (reader.DataError, ValueError) as e:
         sys.exit(f"error: {e}")
+    rnn_mode = FLAGS.rnn_mode or default_rnn_mode()
     precision = "fp16" if FLAGS.use_fp16 else FLAGS.precision
-    print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, vocabulary: {config.vocab_size} "
-          f"words, train/valid/test: {len(data.train)}/{len(data.valid)}/{len(data.test)} words", flush=True)
-    train(data, config, rnn_mode, precision, FLAGS.save_path)
+    seed = FLAGS.seed if FLAGS.seed is not None else int(np.random.randint(2 ** 31))
+    print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, seed: {seed}, vocabulary: "
+          f"{config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/{len(data.test)} "
+          "words", flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: signals_received.append(signum))
+    start = time.time()
+    try:
+        Trainer(data, config, rnn_mode, precision, FLAGS.save_path, seed).run()
+    except Stop as e:
+        print(f"Stopped: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    print(f"Wall time: {time.time() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def test_test_config_trains_end_to_end(ptb_path, tmp_path):
     assert set(values) == {"Train", "Valid", "Test"}
     # One epoch of a 2-unit model: far better than uniform guessing (10,000), far worse than the small model.
     assert all(200 < v < 2000 for v in values.values()), result.stdout
-    assert {"model.ckpt.index", "config.json", "vocab.txt"} <= set(os.listdir(tmp_path / "ckpt"))
+    files = os.listdir(tmp_path / "ckpt")
+    assert {"checkpoint", "config.json", "vocab.txt", "metrics.jsonl", "perplexity.png"} <= set(files)
+    assert any(f.startswith("model.ckpt-") and f.endswith(".index") for f in files)
 
 
 @pytest.fixture
