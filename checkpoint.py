@@ -8,8 +8,8 @@ and the vocabulary, one word a line (line n is word id n).
 """
 import json
 import os
-import types
 
+import configs
 import reader
 from tf1 import tf
 
@@ -53,7 +53,7 @@ def load(save_path):
                               "point --save_path at a folder written by ptb_word_lm.py --save_path")
     try:
         with open(os.path.join(save_path, CONFIG), encoding="utf-8") as f:
-            config = types.SimpleNamespace(**json.load(f))
+            config = configs.from_dict(json.load(f))
         with open(os.path.join(save_path, VOCAB), encoding="utf-8") as f:
             vocab = f.read().split("\n")[:-1]
     except (ValueError, TypeError, UnicodeDecodeError) as e:
@@ -68,18 +68,14 @@ def check_shapes(prefix, config, vocab):
         shapes = dict(tf.train.list_variables(prefix))
     except (tf.errors.OpError, ValueError) as e:
         raise CheckpointError(f"cannot read the weights {prefix} ({e.__class__.__name__}): retrain or restore them")
-    try:
-        size, layers = config.hidden_size, config.num_layers
-        expected = {"Model/embedding": [len(vocab), size], "Model/softmax_w": [size, len(vocab)]}
-    except AttributeError as e:
-        raise CheckpointError(f"{CONFIG} of {prefix} lacks a field ({e}): retrain or restore the file")
-    cell = "Model/RNN/multi_rnn_cell/cell_{}/basic_lstm_cell/kernel"
-    expected.update({cell.format(layer): [2 * size, 4 * size] for layer in range(layers)})
-    for name, shape in expected.items():
-        if shapes.get(name) != shape:
-            raise CheckpointError(f"{CONFIG} and {VOCAB} ({len(vocab)} words, {layers} layers of {size}) do not "
-                                  f"match the weights in {prefix} ({name}: {shapes.get(name)}): keep the files "
+    size, layers = config.hidden_size, config.num_layers
+    embedding = [len(vocab), config.embedding_size or size]
+    layer_names = {name.split("/")[3] for name in shapes if name.startswith("Model/RNN/multi_rnn_cell/")}
+    found = {"embedding": shapes.get("Model/embedding"), "layers": len(layer_names),
+             "hidden size": (shapes.get("Model/softmax_w") or [None])[0] if not config.tie_embeddings else size}
+    wanted = {"embedding": embedding, "layers": layers, "hidden size": size}
+    for what in wanted:
+        if found[what] != wanted[what]:
+            raise CheckpointError(f"{CONFIG} and {VOCAB} do not match the weights in {prefix} ({what}: "
+                                  f"{wanted[what]} in the files, {found[what]} in the weights): keep the files "
                                   "of one training run together")
-    if cell.format(layers) in shapes:
-        raise CheckpointError(f"the weights in {prefix} have more than the {layers} layers of {CONFIG}: "
-                              "keep the files of one training run together")

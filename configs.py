@@ -12,7 +12,17 @@ multiplied by `lr_decay` once per epoch until `max_max_epoch`.
 """
 
 
-class SmallConfig:
+class Options:
+    """What goes beyond the paper, all off here: the four configs below are Zaremba et al.'s."""
+    cell = "lstm"                # or "gru", "rnn" (tanh)
+    embedding_size = None        # None: hidden_size
+    tie_embeddings = False       # softmax weight = transposed embedding (Press & Wolf 2017)
+    variational_dropout = False  # one dropout mask a sequence, shared by its time steps (Gal & Ghahramani 2016)
+    state_keep_prob = 1.0        # dropout on the recurrent state (cell-by-cell graph only)
+    word_keep_prob = 1.0         # dropout of whole words from the embedding
+
+
+class SmallConfig(Options):
     init_scale = 0.1
     learning_rate = 1.0
     max_grad_norm = 5
@@ -27,7 +37,7 @@ class SmallConfig:
     vocab_size = 10000
 
 
-class MediumConfig:
+class MediumConfig(Options):
     init_scale = 0.05
     learning_rate = 1.0
     max_grad_norm = 5
@@ -42,7 +52,7 @@ class MediumConfig:
     vocab_size = 10000
 
 
-class LargeConfig:
+class LargeConfig(Options):
     init_scale = 0.04
     learning_rate = 1.0
     max_grad_norm = 10
@@ -57,7 +67,7 @@ class LargeConfig:
     vocab_size = 10000
 
 
-class TestConfig:
+class TestConfig(Options):
     init_scale = 0.1
     learning_rate = 1.0
     max_grad_norm = 1
@@ -80,6 +90,17 @@ def get_config(name):
     if name not in CONFIGS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(CONFIGS)}")
     return CONFIGS[name]()
+
+
+def from_dict(fields):
+    """A config from the fields a checkpoint's config.json holds; options it predates stay off."""
+    missing = sorted(k for k in vars(SmallConfig) if not k.startswith("_") and k not in fields)
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} in the config")
+    config = Options()
+    for key, value in fields.items():
+        setattr(config, key, value)
+    return config
 
 
 def learning_rate(config, epoch):

@@ -56,7 +56,11 @@ class LanguageModel:
             self.model = PTBModel(False, self.config, batch_size, None, rnn_mode="block")
         self.session = tf.Session(graph=self.graph)
         with self.graph.as_default():
-            tf.train.Saver(self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)).restore(self.session, prefix)
+            try:
+                tf.train.Saver(self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)).restore(self.session, prefix)
+            except tf.errors.OpError as e:
+                raise checkpoint.CheckpointError(f"cannot restore {prefix} ({e.message.splitlines()[0]}): keep the "
+                                                 "files of one training run together")
 
     def encode(self, words):
         """Word ids, with unknown words as <unk>; notes on stderr which words those were."""

@@ -12,6 +12,11 @@ the same variables, so a checkpoint trained in one mode loads in any other:
 
 Both BasicLSTMCell and BlockLSTM compute the gates as [x, h] @ kernel + bias, split
 into (input, candidate, forget, output): the same kernel works for both.
+
+Beyond the paper, each off unless its config field is set (configs.Options): GRU and
+tanh-RNN cells (tf.nn.rnn_cell cells, in every mode), tied input and output embeddings,
+an embedding size of its own, variational (locked) dropout, dropout of the recurrent
+state, and dropout of whole words.
 """
 import itertools
 import math
@@ -20,6 +25,8 @@ import reader
 from tf1 import tf
 
 RNN_MODES = ("basic", "block", "cudnn")
+CELLS = ("lstm", "gru", "rnn")
+STATE_PARTS = {"lstm": 2, "gru": 1, "rnn": 1}  # the LSTM carries (c, h) from window to window, the others h
 COMPUTE_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
 PRECISIONS = tuple(COMPUTE_DTYPES)
 
@@ -43,6 +50,18 @@ def check_rnn_mode(rnn_mode):
                          "which runs on the GPU too")
 
 
+def check_options(config, rnn_mode):
+    """Refuses combinations of options the graph cannot build, saying what to change."""
+    if config.cell not in CELLS:
+        raise ValueError(f"unknown cell {config.cell!r}: choose one of {', '.join(CELLS)}")
+    embedding_size = config.embedding_size or config.hidden_size
+    if config.tie_embeddings and embedding_size != config.hidden_size:
+        raise ValueError(f"tied embeddings need embedding_size ({embedding_size}) = hidden_size "
+                         f"({config.hidden_size}): the softmax weight is the transposed embedding")
+    if config.state_keep_prob < 1 and config.cell == "lstm" and rnn_mode == "block":
+        raise ValueError("dropout on the recurrent state needs the cell-by-cell graph: use --rnn_mode=basic")
+
+
 def dropout_seed():
     """The run's dropout seed: a variable, so that it is saved and restored with the weights."""
     with tf.variable_scope("Train", reuse=tf.AUTO_REUSE):
@@ -53,44 +72,51 @@ class PTBModel:
     """The graph of one use of the model: training, or evaluation at one batch shape.
 
     Its input is `input_data` and `targets`, int32 [batch_size, num_steps] placeholders, and
-    `initial_state`, float32 [num_layers, 2 (c, h), batch_size, hidden_size] (zeros unless fed).
+    `initial_state`, float32 [num_layers, 2 (c, h), batch_size, hidden_size] (zeros unless fed;
+    1 (h) instead of 2 for the GRU and the tanh RNN).
     `final_state` has the same layout, so feeding it back as the next window's initial_state
     carries the LSTM through the text (truncated backpropagation through time).
     num_steps=None builds a graph that takes windows of any length, batch_size=None one
-    that takes any number of rows (neither in basic mode, which unrolls a fixed shape).
+    that takes any number of rows (the cell-by-cell graph then loops with dynamic_rnn).
     """
 
     def __init__(self, is_training, config, batch_size, num_steps, rnn_mode="block", precision="fp32"):
         check_rnn_mode(rnn_mode)
-        self.compute_dtype = COMPUTE_DTYPES[precision]
-        if None in (batch_size, num_steps) and rnn_mode == "basic":
-            raise ValueError("rnn_mode basic unrolls a fixed shape: give batch_size and num_steps")
         self.batch_size, self.num_steps = batch_size, num_steps
-        self.rnn_mode = rnn_mode
-        self.config = config
-        size, layers = config.hidden_size, config.num_layers
+        self.rnn_mode, self.config = rnn_mode, config
+        self.compute_dtype = COMPUTE_DTYPES[precision]
+        size, layers, vocab_size = config.hidden_size, config.num_layers, config.vocab_size
+        embedding_size = config.embedding_size or size
         self.keep_prob = config.keep_prob if is_training else 1.0
+        self.state_keep_prob = config.state_keep_prob if is_training else 1.0
+        self.word_keep_prob = config.word_keep_prob if is_training else 1.0
+        check_options(config, rnn_mode)
 
         self.input_data = tf.placeholder(tf.int32, [batch_size, num_steps], name="input_data")
         self.targets = tf.placeholder(tf.int32, [batch_size, num_steps], name="targets")
         shape = tf.shape(self.input_data)  # [batch_size, num_steps], known only at run time when None
-        zeros = tf.zeros([layers, 2, shape[0], size], tf.float32)
-        self.initial_state = tf.placeholder_with_default(zeros, [layers, 2, batch_size, size], name="initial_state")
+        parts = STATE_PARTS[config.cell]
+        zeros = tf.zeros([layers, parts, shape[0], size], tf.float32)
+        self.initial_state = tf.placeholder_with_default(zeros, [layers, parts, batch_size, size],
+                                                         name="initial_state")
 
         with tf.device("/cpu:0"):  # the lookup table's gather is a CPU op; keep it with the table
-            embedding = tf.get_variable("embedding", [config.vocab_size, size], tf.float32)
+            embedding = tf.get_variable("embedding", [vocab_size, embedding_size], tf.float32)
             inputs = tf.nn.embedding_lookup(embedding, self.input_data)
-        inputs = self.dropout(inputs, site=0)
+        inputs = self.dropout(self.word_dropout(inputs), site=0)
 
-        outputs, final_state = self.lstm_layers(inputs, self.initial_state)
+        self.outputs, final_state = self.rnn_layers(inputs, self.initial_state)  # [batch, time, hidden]
         self.final_state = tf.identity(final_state, name="final_state")
 
         # The softmax over the vocabulary, computed for all batch_size x num_steps positions at once.
-        output = tf.reshape(outputs, [-1, size])
-        softmax_w = tf.get_variable("softmax_w", [size, config.vocab_size], tf.float32)
-        softmax_b = tf.get_variable("softmax_b", [config.vocab_size], tf.float32)
+        output = tf.reshape(self.outputs, [-1, size])
+        if config.tie_embeddings:  # Press & Wolf (2017): the output embedding is the input one
+            softmax_w = tf.transpose(embedding)
+        else:
+            softmax_w = tf.get_variable("softmax_w", [size, vocab_size], tf.float32)
+        softmax_b = tf.get_variable("softmax_b", [vocab_size], tf.float32)
         logits = self.matmul(output, softmax_w) + softmax_b
-        self.logits = tf.reshape(logits, tf.concat([shape, [config.vocab_size]], 0))
+        self.logits = tf.reshape(logits, tf.concat([shape, [vocab_size]], 0))
         self.log_probs = tf.nn.log_softmax(self.logits)  # log p(next word) at each position, for inference
         # -log p(target word), one value per position: [batch_size, num_steps].
         self.word_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=self.targets, logits=self.logits)
@@ -106,61 +132,91 @@ class PTBModel:
             return tf.matmul(a, b)
         return tf.cast(tf.matmul(tf.cast(a, self.compute_dtype), tf.cast(b, self.compute_dtype)), tf.float32)
 
-    def dropout(self, x, site):
-        """Dropout whose mask is a function of (seed, training step, site in the graph).
+    def seed(self, site):
+        """Dropout seeds are a function of (run seed, training step, site in the graph).
 
         Stateless: a run resumed from a checkpoint draws the very masks it would have drawn.
         """
+        step = tf.train.get_or_create_global_step()
+        return tf.stack([dropout_seed(), step * 16 + site])
+
+    def dropout(self, x, site, time_axis=1):
+        """Dropout; variational (locked): one mask a sequence, the same at every time step."""
         if self.keep_prob >= 1.0:
             return x
-        step = tf.train.get_or_create_global_step()
-        seed = tf.stack([dropout_seed(), step * 8 + site])
-        return tf.nn.experimental.stateless_dropout(x, rate=1.0 - self.keep_prob, seed=seed)
+        noise_shape = None
+        if self.config.variational_dropout:
+            noise_shape = tf.tensor_scatter_nd_update(tf.shape(x), [[time_axis]], [1])
+        return tf.nn.experimental.stateless_dropout(x, rate=1.0 - self.keep_prob, seed=self.seed(site),
+                                                    noise_shape=noise_shape)
 
-    def lstm_layers(self, inputs, initial_state):
-        """inputs [batch, time, hidden] -> (outputs [batch, time, hidden], final state)."""
-        layers = range(self.config.num_layers)
-        states = [(initial_state[l, 0], initial_state[l, 1]) for l in layers]
-        if self.rnn_mode == "basic":
-            outputs, finals = self.basic_lstm(inputs, states)
-        else:
-            outputs, finals = self.block_lstm(inputs, states)
-        return outputs, tf.stack([tf.stack(s) for s in finals])
+    def word_dropout(self, inputs):
+        """Drops whole words (embedding dropout): every use of a dropped word in the batch reads zeros."""
+        if self.word_keep_prob >= 1.0:
+            return inputs
+        keep = tf.nn.experimental.stateless_dropout(tf.ones([self.config.vocab_size, 1]), seed=self.seed(15),
+                                                    rate=1.0 - self.word_keep_prob)
+        return inputs * tf.nn.embedding_lookup(keep, self.input_data)
 
-    def basic_lstm(self, inputs, states):
-        """The tutorial's graph: BasicLSTMCells with output dropout, unrolled num_steps times."""
+    def rnn_layers(self, inputs, initial_state):
+        """inputs [batch, time, embedding] -> (outputs [batch, time, hidden], final state)."""
+        if self.config.cell == "lstm" and self.rnn_mode == "block":
+            return self.block_lstm(inputs, initial_state)
+        return self.cell_layers(inputs, initial_state)
+
+    def cell_layers(self, inputs, initial_state):
+        """The tutorial's graph: a MultiRNNCell of cells with output dropout, unrolled num_steps times
+        (or, for windows of any length, looped over time by dynamic_rnn)."""
+        config, lstm = self.config, self.config.cell == "lstm"
+
         def cell():
-            lstm = tf.nn.rnn_cell.BasicLSTMCell(self.config.hidden_size, forget_bias=0.0,
-                                                reuse=tf.get_variable_scope().reuse)
-            return tf.nn.rnn_cell.DropoutWrapper(lstm, output_keep_prob=self.keep_prob) if self.keep_prob < 1 else lstm
+            size, reuse = config.hidden_size, tf.get_variable_scope().reuse
+            if lstm:
+                cell = tf.nn.rnn_cell.BasicLSTMCell(size, forget_bias=0.0, reuse=reuse)
+            elif config.cell == "gru":
+                cell = tf.nn.rnn_cell.GRUCell(size, reuse=reuse)
+            else:
+                cell = tf.nn.rnn_cell.BasicRNNCell(size, reuse=reuse)
+            if self.keep_prob < 1 or self.state_keep_prob < 1:
+                cell = tf.nn.rnn_cell.DropoutWrapper(
+                    cell, output_keep_prob=self.keep_prob, state_keep_prob=self.state_keep_prob,
+                    variational_recurrent=config.variational_dropout, dtype=tf.float32)
+            return cell
 
-        cells = tf.nn.rnn_cell.MultiRNNCell([cell() for _ in states])
-        state = tuple(tf.nn.rnn_cell.LSTMStateTuple(c, h) for c, h in states)
-        outputs, finals = tf.nn.static_rnn(cells, tf.unstack(inputs, num=self.num_steps, axis=1),
-                                           initial_state=state, scope="RNN")
-        return tf.stack(outputs, axis=1), [(s.c, s.h) for s in finals]
+        cells = tf.nn.rnn_cell.MultiRNNCell([cell() for _ in range(config.num_layers)])
+        layers = tf.unstack(initial_state)
+        state = tuple(tf.nn.rnn_cell.LSTMStateTuple(s[0], s[1]) if lstm else s[0] for s in layers)
+        if self.num_steps is None:
+            outputs, finals = tf.nn.dynamic_rnn(cells, inputs, initial_state=state, scope="RNN")
+        else:
+            outputs, finals = tf.nn.static_rnn(cells, tf.unstack(inputs, num=self.num_steps, axis=1),
+                                               initial_state=state, scope="RNN")
+            outputs = tf.stack(outputs, axis=1)
+        return outputs, tf.stack([tf.stack([s.c, s.h]) if lstm else s[None] for s in finals])
 
-    def block_lstm(self, inputs, states):
-        """The same layers, each one fused BlockLSTM op over the whole window."""
+    def block_lstm(self, inputs, initial_state):
+        """The LSTM layers, each one fused BlockLSTM op over the whole window."""
         size = self.config.hidden_size
         # BlockLSTM has fp32 and fp16 kernels, none for bf16: under bf16 only the softmax is in bf16.
         dtype = tf.float16 if self.compute_dtype == tf.float16 else tf.float32
         x = tf.cast(tf.transpose(inputs, [1, 0, 2]), dtype)  # BlockLSTM is time-major
         no_peephole = tf.zeros([size], dtype)
         finals = []
-        for l, (c, h) in enumerate(states):
+        for l in range(self.config.num_layers):
+            input_size = x.shape[-1]
             # The variable names BasicLSTMCell uses, so checkpoints move freely between modes.
             with tf.variable_scope(f"RNN/multi_rnn_cell/cell_{l}/basic_lstm_cell"):
-                kernel = tf.get_variable("kernel", [2 * size, 4 * size], tf.float32)
+                kernel = tf.get_variable("kernel", [input_size + size, 4 * size], tf.float32)
                 bias = tf.get_variable("bias", [4 * size], tf.float32, initializer=tf.zeros_initializer())
             seq_len = tf.cast(tf.shape(x)[0], tf.int64)
             _, cs, _, _, _, _, x = tf.raw_ops.BlockLSTM(
-                seq_len_max=seq_len, x=x, cs_prev=tf.cast(c, dtype), h_prev=tf.cast(h, dtype),
-                w=tf.cast(kernel, dtype), wci=no_peephole, wcf=no_peephole, wco=no_peephole,
-                b=tf.cast(bias, dtype), forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
-            finals.append((tf.cast(cs[-1], tf.float32), tf.cast(x[-1], tf.float32)))
-            x = self.dropout(x, site=l + 1)
-        return tf.cast(tf.transpose(x, [1, 0, 2]), tf.float32), finals
+                seq_len_max=seq_len, x=x, cs_prev=tf.cast(initial_state[l, 0], dtype),
+                h_prev=tf.cast(initial_state[l, 1], dtype), w=tf.cast(kernel, dtype), wci=no_peephole,
+                wcf=no_peephole, wco=no_peephole, b=tf.cast(bias, dtype), forget_bias=0.0, cell_clip=-1.0,
+                use_peephole=False)
+            finals.append(tf.cast(tf.stack([cs[-1], x[-1]]), tf.float32))
+            x = self.dropout(x, site=l + 1, time_axis=0)
+        return tf.cast(tf.transpose(x, [1, 0, 2]), tf.float32), tf.stack(finals)
 
     def build_train_op(self):
         """Plain SGD on gradients clipped to a global norm of max_grad_norm."""

@@ -30,13 +30,15 @@ import checkpoint
 import configs
 import monitor
 import reader
-from model import PRECISIONS, RNN_MODES, Position, PTBModel, check_rnn_mode, default_rnn_mode, dropout_seed, run_epoch
+from model import (CELLS, PRECISIONS, RNN_MODES, Position, PTBModel, check_options, check_rnn_mode, default_rnn_mode,
+                   dropout_seed, run_epoch)
 from tf1 import session_config, tf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-flags.DEFINE_string("data_path", None, "Folder with ptb.{train,valid,test}.txt; default: data/ of this "
-                    "project, where the corpus is downloaded if missing.")
+flags.DEFINE_string("data_path", None, "Folder with ptb.{train,valid,test}.txt (or {train,valid,test}.txt, or "
+                    "WikiText's wiki.{train,valid,test}.tokens); default: data/ of this project, where PTB is "
+                    "downloaded if missing.")
 flags.DEFINE_enum("model", "small", list(configs.CONFIGS), "Model config.")
 flags.DEFINE_string("save_path", None, "Folder for checkpoints, config, vocabulary, TensorBoard summaries, "
                     "metrics and plot. Rerunning with the same folder resumes the run.")
@@ -46,9 +48,23 @@ flags.DEFINE_enum("precision", "fp32", list(PRECISIONS), "Matmul precision; vari
                   "clipping stay fp32. bf16: the softmax in bfloat16 (BlockLSTM has no bf16 kernel); fp16: the "
                   "softmax and the LSTM in float16.")
 flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precision=fp16.")
+# Flags that override a field of the config when given.
 flags.DEFINE_integer("max_max_epoch", None, "Train this many epochs instead of the config's.")
 flags.DEFINE_float("learning_rate", None, "Initial learning rate instead of the config's.")
+flags.DEFINE_float("keep_prob", None, "Dropout keep probability of the embedding and every layer's output.")
+flags.DEFINE_enum("cell", "lstm", list(CELLS), "Recurrent cell: lstm, gru, or rnn (tanh).")
+flags.DEFINE_integer("embedding_size", None, "Word vector size (default: hidden_size).")
+flags.DEFINE_bool("tie_embeddings", False, "The softmax weight is the transposed embedding (Press & Wolf 2017).")
+flags.DEFINE_bool("variational_dropout", False, "One dropout mask a sequence, the same at every time step "
+                  "(Gal & Ghahramani 2016).")
+flags.DEFINE_float("state_keep_prob", 1.0, "Dropout keep probability of the recurrent state (cell-by-cell graph: "
+                   "--rnn_mode=basic for the LSTM).")
+flags.DEFINE_float("word_keep_prob", 1.0, "Keep probability of whole words in the embedding (word dropout).")
+CONFIG_FLAGS = ("max_max_epoch", "learning_rate", "keep_prob", "cell", "embedding_size", "tie_embeddings",
+                "variational_dropout", "state_keep_prob", "word_keep_prob")
 flags.DEFINE_integer("seed", None, "Random seed of initialisation and dropout; default: a random one, printed.")
+flags.DEFINE_integer("max_vocab", None, "Keep only the most frequent words of the training text; the rest "
+                     "become <unk>. Default: every word.")
 flags.DEFINE_integer("train_words", None, "Train on the first N words only (quick trials).")
 flags.DEFINE_float("checkpoint_minutes", 10, "With --save_path: also checkpoint inside an epoch this often.")
 flags.DEFINE_integer("test_window", 100, "Window length of the test pass (batch size 1); any length gives "
@@ -219,14 +235,14 @@ def prepare_save_path(path):
 def load_data_and_config():
     """The corpus and the config, every flag and file checked before any graph is built."""
     config = configs.get_config(FLAGS.model)
-    if FLAGS.max_max_epoch is not None:
-        config.max_max_epoch = FLAGS.max_max_epoch
-    if FLAGS.learning_rate is not None:
-        config.learning_rate = FLAGS.learning_rate
+    for name in CONFIG_FLAGS:
+        if FLAGS[name].present:
+            setattr(config, name, FLAGS[name].value)
     check_rnn_mode(FLAGS.rnn_mode or default_rnn_mode())
+    check_options(config, FLAGS.rnn_mode or default_rnn_mode())
     if FLAGS.save_path:
         prepare_save_path(FLAGS.save_path)
-    data = reader.load_ptb(FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data")))
+    data = reader.load_ptb(FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data")), FLAGS.max_vocab)
     if FLAGS.train_words:
         data = data._replace(train=data.train[:FLAGS.train_words])
     config.vocab_size = len(data.vocab)
@@ -248,6 +264,9 @@ def main(argv):
     print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, seed: {seed}, vocabulary: "
           f"{config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/{len(data.test)} "
           "words", flush=True)
+    if any(data.unknown.values()):
+        print("Outside the vocabulary, read as <unk>: " + ", ".join(f"{n} {split}" for split, n in
+                                                                    data.unknown.items()) + " words", flush=True)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: signals_received.append(signum))
     start = time.time()

@@ -26,8 +26,12 @@ PTB_MD5 = {
 EOS = "<eos>"
 UNK = "<unk>"
 
-PTBData = collections.namedtuple("PTBData", "train valid test vocab")
-PTBData.__doc__ = "Word ids of the three splits (lists of int) and the vocabulary (id -> word)."
+# The names of a corpus's three files, tried in this order: PTB's, plain, WikiText's.
+SPLIT_NAMES = ("ptb.{}.txt", "{}.txt", "wiki.{}.tokens")
+
+PTBData = collections.namedtuple("PTBData", "train valid test vocab unknown", defaults=(None,))
+PTBData.__doc__ = """Word ids of the three splits (lists of int), the vocabulary (id -> word), and
+how many words of each split were outside the vocabulary and became <unk> ({split: count})."""
 
 
 class DataError(Exception):
@@ -51,29 +55,48 @@ def read_words(path):
     return text.replace("\n", f" {EOS} ").split()
 
 
-def build_vocab(words):
-    """id -> word, most frequent first, ties broken alphabetically so the ids are reproducible."""
+def build_vocab(words, max_vocab=None):
+    """id -> word, most frequent first, ties broken alphabetically so the ids are reproducible.
+
+    With max_vocab, only the max_vocab - 1 most frequent words are kept, and <unk> stands for the rest.
+    """
     counts = collections.Counter(words)
+    if max_vocab and len(counts) > max_vocab:
+        kept = sorted((w for w in counts if w != UNK), key=lambda w: (-counts[w], w))[:max_vocab - 1]
+        unknown = sum(counts.values()) - sum(counts[w] for w in kept)
+        counts = collections.Counter({w: counts[w] for w in kept}, **{UNK: unknown})
     return sorted(counts, key=lambda w: (-counts[w], w))
 
 
-def words_to_ids(words, word_to_id):
-    """Ids of `words`; a word outside the vocabulary becomes <unk> (or is dropped if there is none)."""
-    unk = word_to_id.get(UNK)
-    ids = (word_to_id.get(w, unk) for w in words)
-    return [i for i in ids if i is not None]
-
-
-def load_ptb(data_path):
-    """Reads ptb.{train,valid,test}.txt from `data_path` into a PTBData."""
+def split_paths(data_path):
+    """The train, valid and test files of a corpus folder, under the first naming it uses."""
     if not os.path.isdir(data_path):
         raise DataError(f"data folder {data_path} does not exist: pass --data_path=DIR with DIR holding "
                         "ptb.train.txt, ptb.valid.txt and ptb.test.txt")
-    train, valid, test = (read_words(os.path.join(data_path, f"ptb.{s}.txt")) for s in ("train", "valid", "test"))
-    vocab = build_vocab(train)
+    for pattern in SPLIT_NAMES:
+        paths = [os.path.join(data_path, pattern.format(split)) for split in ("train", "valid", "test")]
+        if any(os.path.exists(p) for p in paths):
+            return paths
+    raise DataError(f"{data_path} holds none of ptb.train.txt, train.txt, wiki.train.tokens: pass --data_path=DIR "
+                    "with a corpus's train, valid and test files")
+
+
+def load_ptb(data_path, max_vocab=None):
+    """Reads a corpus (PTB's files, or train/valid/test.txt, or WikiText's) into a PTBData.
+
+    The vocabulary comes from the training file; other words become <unk>, which is added
+    to the vocabulary if the corpus has none.
+    """
+    splits = [read_words(p) for p in split_paths(data_path)]
+    vocab = build_vocab(splits[0], max_vocab)
+    known = set(vocab)
+    unknown = {name: sum(w not in known for w in words) for name, words in zip(("train", "valid", "test"), splits)}
+    if any(unknown.values()) and UNK not in known:
+        vocab.append(UNK)
     word_to_id = {w: i for i, w in enumerate(vocab)}
-    return PTBData(words_to_ids(train, word_to_id), words_to_ids(valid, word_to_id),
-                   words_to_ids(test, word_to_id), vocab)
+    unk = word_to_id.get(UNK)
+    train, valid, test = ([word_to_id.get(w, unk) for w in words] for words in splits)
+    return PTBData(train, valid, test, vocab, unknown)
 
 
 def ptb_raw_data(data_path):

@@ -23,11 +23,40 @@ def test_words_and_vocabulary_order(tmp_path):
     assert reader.ptb_raw_data(path) == (data.train, data.valid, data.test, 4)
 
 
-def test_unseen_words_become_unk_or_are_dropped(tmp_path):
+def test_unseen_words_become_unk_which_is_created_if_missing(tmp_path):
     data = reader.load_ptb(write_corpus(tmp_path / "unk", " a <unk>\n", valid=" a zebra\n"))
     assert [data.vocab[i] for i in data.valid] == ["a", "<unk>", "<eos>"]
-    data = reader.load_ptb(write_corpus(tmp_path / "nounk", " a b\n", valid=" a zebra\n"))
-    assert [data.vocab[i] for i in data.valid] == ["a", "<eos>"]
+    assert data.unknown == {"train": 0, "valid": 1, "test": 0}
+    data = reader.load_ptb(write_corpus(tmp_path / "nounk", " a b\n", valid=" a zebra\n", test=" yak yak\n"))
+    assert data.vocab == ["<eos>", "a", "b", "<unk>"]  # added last, so the training ids stay as they were
+    assert [data.vocab[i] for i in data.test] == ["<unk>", "<unk>", "<eos>"]
+    assert data.unknown == {"train": 0, "valid": 1, "test": 2}
+
+
+def test_max_vocab_keeps_the_most_frequent_words(tmp_path):
+    data = reader.load_ptb(write_corpus(tmp_path, " a a a b b c d\n"), max_vocab=3)
+    # a 3, b 2; c, d and <eos> are cut: <unk> stands for their 3 words and sorts before a.
+    assert data.vocab == ["<unk>", "a", "b"]
+    assert [data.vocab[i] for i in data.train] == "a a a b b <unk> <unk> <unk>".split()
+    assert data.unknown["train"] == 3
+
+
+@pytest.mark.parametrize("names", ["{}.txt", "wiki.{}.tokens"])
+def test_other_corpus_file_names(tmp_path, names):
+    for split, text in (("train", " = Title = \n\n a b a\n"), ("valid", " a\n"), ("test", " b\n")):
+        (tmp_path / names.format(split)).write_text(text)
+    data = reader.load_ptb(str(tmp_path))
+    assert [data.vocab[i] for i in data.train] == "= Title = <eos> <eos> a b a <eos>".split()
+    (tmp_path / names.format("train")).unlink()
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(reader.DataError, match="train.txt not found" if names == "{}.txt" else "wiki.train.tokens"):
+        reader.load_ptb(str(tmp_path))
+
+
+def test_folder_without_a_corpus(tmp_path):
+    (tmp_path / "readme.md").write_text("nothing here")
+    with pytest.raises(reader.DataError, match="holds none of ptb.train.txt, train.txt, wiki.train.tokens"):
+        reader.load_ptb(str(tmp_path))
 
 
 def test_iterator_rows_are_contiguous_and_targets_shifted():
