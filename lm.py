@@ -7,6 +7,8 @@ possible next word a probability, and that is all these commands read off it.
     python lm.py score    --save_path=DIR --input=sentences.txt [--json]
     python lm.py eval     --save_path=DIR --input=ptb.test.txt
     python lm.py export   --save_path=DIR --export_dir=DIR/saved_model
+    python lm.py nearest  --save_path=DIR --word=market --top_k=10    # cosine, in the learned embedding
+    python lm.py projector --save_path=DIR --export_dir=DIR/projector # then: tensorboard --logdir=DIR
 
 Text is PTB-tokenised: words separated by spaces, a line is a sentence; words outside
 the vocabulary become <unk> (a note on stderr says which).
@@ -21,11 +23,12 @@ import numpy as np
 from absl import app, flags
 
 import checkpoint
+import embeddings
 import reader
 from model import PTBModel, run_epoch
 from tf1 import tf
 
-COMMANDS = ("generate", "predict", "score", "eval", "export")
+COMMANDS = ("generate", "predict", "score", "eval", "export", "nearest", "projector")
 
 flags.DEFINE_string("save_path", None, "Checkpoint folder written by ptb_word_lm.py --save_path.")
 flags.DEFINE_string("prompt", "", "generate: the words to continue (default: start a new sentence).")
@@ -37,7 +40,9 @@ flags.DEFINE_integer("seed", None, "generate: random seed; the same seed gives t
 flags.DEFINE_string("context", None, "predict: the words before the one to predict.")
 flags.DEFINE_string("input", "-", "predict, score, eval: a text file, or - for standard input.")
 flags.DEFINE_bool("json", False, "predict, score: JSON lines instead of plain text.")
-flags.DEFINE_string("export_dir", None, "export: the SavedModel folder to write (must not exist).")
+flags.DEFINE_string("export_dir", None, "export: the SavedModel folder to write (must not exist); projector: "
+                    "the folder for vectors.tsv and metadata.tsv.")
+flags.DEFINE_string("word", None, "nearest: the word whose neighbours to list.")
 FLAGS = flags.FLAGS
 
 
@@ -207,7 +212,25 @@ def run_score(lm):
           f"(each sentence's end counted), perplexity {total['perplexity']:.2f}")
 
 
+def learned_embedding(save_path):
+    _, vocab, prefix = checkpoint.load(save_path)
+    return tf.train.load_variable(prefix, embeddings.EMBEDDING), vocab
+
+
 def run(command):
+    if command == "nearest":
+        if not FLAGS.word:
+            raise UsageError("nearest needs --word=WORD")
+        for word, similarity in embeddings.nearest(*learned_embedding(FLAGS.save_path), FLAGS.word, FLAGS.top_k or 10):
+            print(f"{similarity:.4f}  {word}")
+        return
+    if command == "projector":
+        if not FLAGS.export_dir:
+            raise UsageError("projector needs --export_dir=FOLDER")
+        embeddings.write_projector(*learned_embedding(FLAGS.save_path), FLAGS.save_path, FLAGS.export_dir)
+        print(f"Projector: tensorboard --logdir={FLAGS.save_path} (Projector tab), or load "
+              f"{FLAGS.export_dir}/vectors.tsv and metadata.tsv at projector.tensorflow.org")
+        return
     if command == "export":
         if not FLAGS.export_dir:
             raise UsageError("export needs --export_dir=FOLDER")

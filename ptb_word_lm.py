@@ -28,6 +28,7 @@ from absl import app, flags
 
 import checkpoint
 import configs
+import embeddings
 import monitor
 import reader
 from model import (CELLS, PRECISIONS, RNN_MODES, Position, PTBModel, check_options, check_rnn_mode, default_rnn_mode,
@@ -65,6 +66,8 @@ CONFIG_FLAGS = ("max_max_epoch", "learning_rate", "keep_prob", "cell", "embeddin
 flags.DEFINE_integer("seed", None, "Random seed of initialisation and dropout; default: a random one, printed.")
 flags.DEFINE_integer("max_vocab", None, "Keep only the most frequent words of the training text; the rest "
                      "become <unk>. Default: every word.")
+flags.DEFINE_string("embedding_file", None, "GloVe text file whose vectors start the embedding rows of the "
+                    "words it holds (its dimension must be the embedding size).")
 flags.DEFINE_integer("train_words", None, "Train on the first N words only (quick trials).")
 flags.DEFINE_float("checkpoint_minutes", 10, "With --save_path: also checkpoint inside an epoch this often.")
 flags.DEFINE_integer("test_window", 100, "Window length of the test pass (batch size 1); any length gives "
@@ -111,8 +114,8 @@ class Progress:
 class Trainer:
     """Builds the graph of one training run and runs it, epoch by epoch."""
 
-    def __init__(self, data, config, rnn_mode="block", precision="fp32", save_path=None, seed=None):
-        self.data, self.config, self.save_path = data, config, save_path
+    def __init__(self, data, config, rnn_mode="block", precision="fp32", save_path=None, seed=None, pretrained=None):
+        self.data, self.config, self.save_path, self.pretrained = data, config, save_path, pretrained
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.set_random_seed(seed)
@@ -137,6 +140,7 @@ class Trainer:
         """Resumes from the latest checkpoint in save_path, if any: returns (epoch, position)."""
         latest = self.save_path and tf.train.latest_checkpoint(self.save_path)
         if not latest:
+            self.load_pretrained()
             return 0, None
         try:
             self.saver.restore(self.session, latest)
@@ -146,6 +150,17 @@ class Trainer:
         epoch, position = self.progress.read(self.session)
         print(f"Resuming from {latest}: epoch {epoch + 1}, step {position.step}", flush=True)
         return epoch, position
+
+    def load_pretrained(self):
+        """Starts the embedding rows of the words that have pretrained vectors from those."""
+        if self.pretrained is None:
+            return
+        vectors, found = self.pretrained
+        with self.graph.as_default():
+            embedding = [v for v in tf.global_variables() if v.op.name == embeddings.EMBEDDING][0]
+        value = self.session.run(embedding)
+        value[found] = vectors[found]
+        embedding.load(value, self.session)
 
     def save(self, epoch, position):
         if self.save_path:
@@ -261,6 +276,15 @@ def main(argv):
     rnn_mode = FLAGS.rnn_mode or default_rnn_mode()
     precision = "fp16" if FLAGS.use_fp16 else FLAGS.precision
     seed = FLAGS.seed if FLAGS.seed is not None else int(np.random.randint(2 ** 31))
+    pretrained = None
+    if FLAGS.embedding_file:
+        try:
+            pretrained = embeddings.load_glove(FLAGS.embedding_file, data.vocab, config.embedding_size or
+                                               config.hidden_size)
+        except reader.DataError as e:
+            sys.exit(f"error: {e}")
+        print(f"Embedding: {pretrained[1].sum()} of {len(data.vocab)} words ({pretrained[1].mean():.1%}) start "
+              f"from {FLAGS.embedding_file}", flush=True)
     print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, seed: {seed}, vocabulary: "
           f"{config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/{len(data.test)} "
           "words", flush=True)
@@ -271,7 +295,7 @@ def main(argv):
         signal.signal(signum, lambda signum, frame: signals_received.append(signum))
     start = time.time()
     try:
-        Trainer(data, config, rnn_mode, precision, FLAGS.save_path, seed).run()
+        Trainer(data, config, rnn_mode, precision, FLAGS.save_path, seed, pretrained).run()
     except Stop as e:
         print(f"Stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
