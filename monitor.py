@@ -54,6 +54,7 @@ def plot(records, path):
     import matplotlib  # imported here: only a run with --save_path draws
 
     matplotlib.use("Agg")
+    import matplotlib.ticker
     from matplotlib import pyplot as plt
 
     epochs = [r["epoch"] for r in records]
@@ -61,6 +62,9 @@ def plot(records, path):
     ax.plot(epochs, [r["train_perplexity"] for r in records], "o-", label="train")
     ax.plot(epochs, [r["valid_perplexity"] for r in records], "s-", label="valid")
     ax.set(xlabel="epoch", ylabel="perplexity", yscale="log", title="Penn Treebank word-level LSTM")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
