@@ -8,6 +8,7 @@ why this has to happen in one place that is imported first.
 """
 import contextlib
 import os
+import warnings
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,6 +39,7 @@ with quiet_stderr():
 
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)  # the deprecation warnings of the 1.x API are not news here
+warnings.filterwarnings("ignore", message=".* is deprecated and will be removed", category=UserWarning)
 
 
 def session_config(num_threads=0):
