@@ -52,6 +52,8 @@ flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precisi
 # Flags that override a field of the config when given.
 flags.DEFINE_integer("max_max_epoch", None, "Train this many epochs instead of the config's.")
 flags.DEFINE_float("learning_rate", None, "Initial learning rate instead of the config's.")
+flags.DEFINE_integer("max_epoch", None, "Epochs at the initial learning rate instead of the config's.")
+flags.DEFINE_float("lr_decay", None, "Learning-rate factor per epoch after max_epoch instead of the config's.")
 flags.DEFINE_float("keep_prob", None, "Dropout keep probability of the embedding and every layer's output.")
 flags.DEFINE_enum("cell", "lstm", list(CELLS), "Recurrent cell: lstm, gru, or rnn (tanh).")
 flags.DEFINE_integer("embedding_size", None, "Word vector size (default: hidden_size).")
@@ -61,7 +63,7 @@ flags.DEFINE_bool("variational_dropout", False, "One dropout mask a sequence, th
 flags.DEFINE_float("state_keep_prob", 1.0, "Dropout keep probability of the recurrent state (cell-by-cell graph: "
                    "--rnn_mode=basic for the LSTM).")
 flags.DEFINE_float("word_keep_prob", 1.0, "Keep probability of whole words in the embedding (word dropout).")
-CONFIG_FLAGS = ("max_max_epoch", "learning_rate", "keep_prob", "cell", "embedding_size", "tie_embeddings",
+CONFIG_FLAGS = ("max_max_epoch", "learning_rate", "max_epoch", "lr_decay", "keep_prob", "cell", "embedding_size", "tie_embeddings",
                 "variational_dropout", "state_keep_prob", "word_keep_prob")
 flags.DEFINE_integer("seed", None, "Random seed of initialisation and dropout; default: a random one, printed.")
 flags.DEFINE_integer("max_vocab", None, "Keep only the most frequent words of the training text; the rest "
