@@ -108,7 +108,7 @@ def test_clipping_bounds_the_global_gradient_norm():
     ("medium", {0: 1.0, 5: 1.0, 6: 0.8, 38: 0.8 ** 33}),
     ("large", {0: 1.0, 13: 1.0, 14: 1 / 1.15, 54: 1.15 ** -41}),
     ("test", {0: 1.0}),
-    ("small_tied", {5: 1.0, 6: 0.75, 15: 0.75 ** 10}),
+    ("small_tied", {9: 1.0, 10: 0.65, 23: 0.65 ** 14}),
 ])
 def test_learning_rate_schedule(name, expected):
     config = configs.get_config(name)
