@@ -2,6 +2,7 @@
 
     python benchmark.py --model=medium                       # every rnn_mode and precision
     python benchmark.py --model=small --modes=block --precisions=fp32 --steps=50
+    python benchmark.py --model=small --cell=gru --precisions=fp32  # GRUCell vs fused GRUBlockCell
 
 On random word ids of the config's real shapes it times `--steps` training steps, as many
 validation-shaped evaluation steps, and the batch-1 test pass, after a warm-up. It first
@@ -14,10 +15,11 @@ import numpy as np
 from absl import app, flags
 
 import configs
-from model import COMPUTE_DTYPES, PTBModel, check_rnn_mode
+from model import CELLS, COMPUTE_DTYPES, PTBModel, check_rnn_mode
 from tf1 import session_config, tf
 
 flags.DEFINE_enum("model", "small", list(configs.CONFIGS), "Model config.")
+flags.DEFINE_enum("cell", "lstm", list(CELLS), "The recurrent cell.")
 flags.DEFINE_list("modes", ["basic", "block"], "rnn_modes to time.")
 flags.DEFINE_list("precisions", ["fp32", "bf16"], "Precisions to time.")
 flags.DEFINE_integer("steps", 30, "Timed steps of each kind.")
@@ -75,6 +77,7 @@ def words_per_second(config, rnn_mode, precision):
 def main(argv):
     del argv
     config = configs.get_config(FLAGS.model)
+    config.cell = FLAGS.cell
     for mode in FLAGS.modes:
         try:
             check_rnn_mode(mode)
@@ -82,7 +85,7 @@ def main(argv):
             raise app.UsageError(str(e))
     flops = configs.matmul_flops_per_word(config)
     peaks = {p: matmul_peak(p) for p in FLAGS.precisions}
-    print(f"config {FLAGS.model}: {3 * flops / 1e6:.1f} MFLOP per word to train, {flops / 1e6:.1f} to evaluate; "
+    print(f"config {FLAGS.model}, cell {FLAGS.cell}: {3 * flops / 1e6:.1f} MFLOP per word to train, {flops / 1e6:.1f} to evaluate; "
           "matmul peak " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()), flush=True)
     print(f"{'mode':6} {'precision':9} {'train w/s':>10} {'of peak':>8} {'valid w/s':>10} {'test w/s':>9}")
     for mode in FLAGS.modes:

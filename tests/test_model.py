@@ -74,19 +74,22 @@ def test_final_state_carries_into_the_next_window(rnn_mode):
     assert cost1 + cost2 == pytest.approx(cost, rel=1e-5)
 
 
-def test_basic_and_block_modes_compute_the_same_loss_and_gradients():
+@pytest.mark.parametrize("cell, state_parts, variables_a_layer", [("lstm", 2, 2), ("gru", 1, 4)])
+def test_basic_and_block_modes_compute_the_same_loss_and_gradients(cell, state_parts, variables_a_layer):
+    """BlockLSTM against BasicLSTMCell, GRUBlockCell against GRUCell: same variables, same numbers."""
     config = TinyConfig()
+    config.cell = cell
     session, (basic, block) = build(config, (4, 5), (4, 5), rnn_modes=("basic", "block"), is_training=False)
     with session.graph.as_default():
         gradients = [[tf.convert_to_tensor(g) for g in tf.gradients(m.cost, tf.trainable_variables())]
                      for m in (basic, block)]
     x, y = random_batch(config, 4, 5)
-    state = np.random.RandomState(1).uniform(-1, 1, (2, 2, 4, 8)).astype(np.float32)
+    state = np.random.RandomState(1).uniform(-1, 1, (2, state_parts, 4, 8)).astype(np.float32)
     got_basic, got_block = (session.run([m.cost, m.final_state, g], feed(m, x, y, state))
                             for m, g in zip((basic, block), gradients))
     assert got_basic[0] == pytest.approx(got_block[0], rel=1e-6)
     np.testing.assert_allclose(got_basic[1], got_block[1], rtol=1e-5, atol=1e-6)
-    assert len(got_basic[2]) == 3 + 2 * config.num_layers  # embedding, softmax w and b; kernel and bias a layer
+    assert len(got_basic[2]) == 3 + variables_a_layer * config.num_layers  # + embedding, softmax w and b
     for g_basic, g_block in zip(got_basic[2], got_block[2]):
         np.testing.assert_allclose(g_basic, g_block, rtol=1e-4, atol=1e-6)
 
@@ -162,4 +165,7 @@ def test_reduced_precision_stays_close_to_fp32(precision, tolerance):
 
 def test_matmul_flops_per_word():
     # small: 2 layers x [400 x 800] + [200 x 10000], two FLOPs a multiply-add
-    assert configs.matmul_flops_per_word(configs.get_config("small")) == 2 * (2 * 400 * 800 + 200 * 10000)
+    config = configs.get_config("small")
+    assert configs.matmul_flops_per_word(config) == 2 * (2 * 400 * 800 + 200 * 10000)
+    config.cell = "gru"  # [x, h] @ [400 x 600] (gates r, u + candidate)
+    assert configs.matmul_flops_per_word(config) == 2 * (2 * 400 * 600 + 200 * 10000)
