@@ -2,7 +2,7 @@
 
     python benchmark.py --model=medium                       # every rnn_mode and precision
     python benchmark.py --model=small --modes=block --precisions=fp32 --steps=50
-    python benchmark.py --model=small --cell=gru --precisions=fp32  # GRUCell vs fused GRUBlockCell
+    python benchmark.py --model=small --cell=gru --precisions=fp32  # GRUCell vs GRUBlockCell
 
 On random word ids of the config's real shapes it times `--steps` training steps, as many
 validation-shaped evaluation steps, and the batch-1 test pass, after a warm-up. It first
@@ -85,8 +85,9 @@ def main(argv):
             raise app.UsageError(str(e))
     flops = configs.matmul_flops_per_word(config)
     peaks = {p: matmul_peak(p) for p in FLAGS.precisions}
-    print(f"config {FLAGS.model}, cell {FLAGS.cell}: {3 * flops / 1e6:.1f} MFLOP per word to train, {flops / 1e6:.1f} to evaluate; "
-          "matmul peak " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()), flush=True)
+    peak_text = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
+    print(f"config {FLAGS.model}, cell {FLAGS.cell}: {3 * flops / 1e6:.1f} MFLOP per word to train, "
+          f"{flops / 1e6:.1f} to evaluate; matmul peak {peak_text}", flush=True)
     print(f"{'mode':6} {'precision':9} {'train w/s':>10} {'of peak':>8} {'valid w/s':>10} {'test w/s':>9}")
     for mode in FLAGS.modes:
         for precision in FLAGS.precisions:

@@ -14,9 +14,9 @@ Both BasicLSTMCell and BlockLSTM compute the gates as [x, h] @ kernel + bias, sp
 into (input, candidate, forget, output): the same kernel works for both.
 
 Beyond the paper, each off unless its config field is set (configs.Options): GRU and
-tanh-RNN cells (tf.nn.rnn_cell's GRUCell and BasicRNNCell, the GRU fused in block mode), tied input and output embeddings,
-an embedding size of its own, variational (locked) dropout, dropout of the recurrent
-state, and dropout of whole words.
+tanh-RNN cells (GRUCell and BasicRNNCell; the GRU fused in block mode), tied input and
+output embeddings, an embedding size of its own, variational (locked) dropout, dropout of
+the recurrent state, and dropout of whole words.
 """
 import itertools
 import math
@@ -79,7 +79,10 @@ class FusedGRUCell(tf.nn.rnn_cell.GRUCell):
 
 @tf.RegisterGradient("GRUBlockCell")
 def _gru_block_cell_grad(op, *grads):
-    """TensorFlow still ships GRUBlockCell's gradient kernel, but its registration left with tf.contrib."""
+    """TensorFlow still ships GRUBlockCell's gradient kernel, but its registration left with tf.contrib.
+
+    Only the h output is used (FusedGRUCell drops r, u, c), so only its gradient flows back.
+    """
     x, h_prev, w_ru, w_c, b_ru, b_c = op.inputs
     r, u, c, _ = op.outputs
     d_x, d_h_prev, d_c_bar, d_r_bar_u_bar = tf.raw_ops.GRUBlockCellGrad(

@@ -63,8 +63,8 @@ flags.DEFINE_bool("variational_dropout", False, "One dropout mask a sequence, th
 flags.DEFINE_float("state_keep_prob", 1.0, "Dropout keep probability of the recurrent state (cell-by-cell graph: "
                    "--rnn_mode=basic for the LSTM).")
 flags.DEFINE_float("word_keep_prob", 1.0, "Keep probability of whole words in the embedding (word dropout).")
-CONFIG_FLAGS = ("max_max_epoch", "learning_rate", "max_epoch", "lr_decay", "keep_prob", "cell", "embedding_size", "tie_embeddings",
-                "variational_dropout", "state_keep_prob", "word_keep_prob")
+CONFIG_FLAGS = ("max_max_epoch", "learning_rate", "max_epoch", "lr_decay", "keep_prob", "cell", "embedding_size",
+                "tie_embeddings", "variational_dropout", "state_keep_prob", "word_keep_prob")
 flags.DEFINE_integer("seed", None, "Random seed of initialisation and dropout; default: a random one, printed.")
 flags.DEFINE_integer("max_vocab", None, "Keep only the most frequent words of the training text; the rest "
                      "become <unk>. Default: every word.")
