@@ -31,7 +31,8 @@ flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per
 flags.DEFINE_bool("profile", False, "Also trace training steps one op at a time (one inter-op thread, so each "
                   "op's time is its own) and list the op types that take the most.")
 FLAGS = flags.FLAGS
-BENCHMARK_MODES = {"fast_loop": ("fast", "loop")}  # names beyond RNN_MODES: (rnn_mode, fast_backward)
+# names beyond RNN_MODES: (rnn_mode, fast_backward, fast_forward)
+BENCHMARK_MODES = {"fast_loop": ("fast", "loop", "block"), "fast_split": ("fast", "unroll", "split")}
 
 
 def time_runs(session, fetch, feed=None, steps=10, warmup=3):
@@ -73,12 +74,13 @@ def matmul_peak(precision, n=2048):
 
 def words_per_second(config, mode, precision):
     """(train, valid-shaped eval, batch-1 test pass) words per second on random ids."""
-    rnn_mode, fast_backward = BENCHMARK_MODES.get(mode, (mode, "unroll"))
+    rnn_mode, fast_backward, fast_forward = BENCHMARK_MODES.get(mode, (mode, "unroll", "block"))
     batch, steps = config.batch_size, config.num_steps
     test_window = 1 if rnn_mode == "basic" else 100
     with tf.Graph().as_default():
         with tf.variable_scope("Model", initializer=tf.random_uniform_initializer(-0.05, 0.05)):
-            train = PTBModel(True, config, batch, steps, rnn_mode, precision, fast_backward=fast_backward)
+            train = PTBModel(True, config, batch, steps, rnn_mode, precision, fast_backward=fast_backward,
+                             fast_forward=fast_forward)
         with tf.variable_scope("Model", reuse=True):
             valid = PTBModel(False, config, batch, steps, rnn_mode, precision)
             test = PTBModel(False, config, 1, test_window if rnn_mode == "basic" else None, rnn_mode, precision)

@@ -31,6 +31,7 @@ from tf1 import tf
 RNN_MODES = ("basic", "block", "fast", "cudnn")
 FUSED_MODES = ("block", "fast")  # the modes that run the LSTM as BlockLSTM and the GRU as GRUBlockCell
 FAST_BACKWARDS = ("unroll", "loop")  # how the fast mode's gradient steps back through time
+FAST_FORWARDS = ("block", "split")  # the fast mode's forward when training: BlockLSTM, or split_lstm
 CELLS = ("lstm", "gru", "rnn")
 STATE_PARTS = {"lstm": 2, "gru": 1, "rnn": 1}  # the LSTM carries (c, h) from window to window, the others h
 COMPUTE_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
@@ -112,7 +113,32 @@ def fused_lstm(x, cs_prev, h_prev, w, b):
                                 cell_clip=-1.0, use_peephole=False)
 
 
-def fast_block_lstm(x, cs_prev, h_prev, w, b, unroll=True, matmul=tf.matmul, recurrent_dtype=None):
+def split_lstm(x, cs_prev, h_prev, w, b, matmul=tf.matmul, recurrent_dtype=None):
+    """fused_lstm's seven outputs from ops of our own, x [T, B, input] with T known when the graph is built.
+
+    BlockLSTM multiplies [x_t, h_t-1] by the whole kernel at every step. Only h_t-1 @ w_h has to wait for
+    the step before: x @ w_x + b is one matmul over all T x B rows (in bf16 under --precision=bf16, which
+    BlockLSTM cannot do), and each step reads only w_h (in recurrent_dtype: bf16 halves the bytes).
+    """
+    hidden = h_prev.shape[-1]
+    w_x, w_h = w[:-hidden], w[-hidden:]
+    step_dtype = recurrent_dtype or x.dtype
+    w_h_step = tf.cast(w_h, step_dtype)
+    x_w = tf.reshape(matmul(tf.reshape(x, [-1, w_x.shape[0]]), w_x) + b, [x.shape[0], -1, w.shape[1]])
+    outputs = []
+    cs, h = cs_prev, h_prev
+    for x_w_t in tf.unstack(x_w):
+        gates = x_w_t + tf.cast(tf.matmul(tf.cast(h, step_dtype), w_h_step), x.dtype)
+        i, ci, f, o = tf.split(gates, 4, axis=1)
+        i, ci, f, o = tf.sigmoid(i), tf.tanh(ci), tf.sigmoid(f), tf.sigmoid(o)
+        cs = ci * i + cs * f
+        co = tf.tanh(cs)
+        h = co * o
+        outputs.append((i, cs, f, o, ci, co, h))
+    return [tf.stack(t) for t in zip(*outputs)]
+
+
+def fast_block_lstm(x, cs_prev, h_prev, w, b, unroll=True, matmul=tf.matmul, recurrent_dtype=None, forward="block"):
     """fused_lstm's forward with a faster gradient; returns (cs, h), each [T, B, hidden].
 
     TensorFlow's BlockLSTMGrad walks back one step at a time and does everything there, the weight
@@ -129,7 +155,10 @@ def fast_block_lstm(x, cs_prev, h_prev, w, b, unroll=True, matmul=tf.matmul, rec
 
     @tf.custom_gradient
     def lstm(x, cs_prev, h_prev, w, b):
-        i, cs, f, o, ci, co, h = fused_lstm(x, cs_prev, h_prev, w, b)
+        if forward == "split":
+            i, cs, f, o, ci, co, h = split_lstm(x, cs_prev, h_prev, w, b, matmul, recurrent_dtype)
+        else:
+            i, cs, f, o, ci, co, h = fused_lstm(x, cs_prev, h_prev, w, b)
 
         def gradient(d_cs, d_h):
             """d_cs, d_h [T, B, hidden]: the gradients reaching cs and h from outside (the outputs, final state)."""
@@ -195,12 +224,16 @@ class PTBModel:
     """
 
     def __init__(self, is_training, config, batch_size, num_steps, rnn_mode="block", precision="fp32",
-                 fast_backward="unroll"):
+                 fast_backward="unroll", fast_forward="block"):
         check_rnn_mode(rnn_mode)
         if fast_backward not in FAST_BACKWARDS:
             raise ValueError(f"unknown fast_backward {fast_backward!r}: choose one of {', '.join(FAST_BACKWARDS)}")
+        if fast_forward not in FAST_FORWARDS:
+            raise ValueError(f"unknown fast_forward {fast_forward!r}: choose one of {', '.join(FAST_FORWARDS)}")
         self.batch_size, self.num_steps = batch_size, num_steps
         self.rnn_mode, self.config, self.fast_backward = rnn_mode, config, fast_backward
+        # split_lstm needs the window's length when the graph is built; evaluation runs BlockLSTM's forward.
+        self.fast_forward = fast_forward if is_training and num_steps is not None else "block"
         self.compute_dtype = COMPUTE_DTYPES[precision]
         size, layers, vocab_size = config.hidden_size, config.num_layers, config.vocab_size
         embedding_size = config.embedding_size or size
@@ -332,7 +365,8 @@ class PTBModel:
                             tf.cast(kernel, dtype), tf.cast(bias, dtype))
             if self.rnn_mode == "fast":
                 cs, x = fast_block_lstm(*layer_inputs, unroll=self.fast_backward == "unroll", matmul=window_matmul,
-                                        recurrent_dtype=tf.bfloat16 if self.compute_dtype == tf.bfloat16 else None)
+                                        recurrent_dtype=tf.bfloat16 if self.compute_dtype == tf.bfloat16 else None,
+                                        forward=self.fast_forward)
             else:
                 _, cs, _, _, _, _, x = fused_lstm(*layer_inputs)
             finals.append(tf.cast(tf.stack([cs[-1], x[-1]]), tf.float32))

@@ -21,7 +21,7 @@ def tiny(**options):
 
 
 def build_models(config, *specs, is_training=False, batch_size=4):
-    """One graph with a model per (rnn_mode, num_steps, fast_backward), all sharing one set of variables.
+    """One graph with a model per (rnn_mode, num_steps, fast_backward[, fast_forward]), all sharing one set of variables.
 
     Returns the session, the models, and per model what to fetch: cost, final state, the gradients of the
     objective for every trainable variable, and for the initial state.
@@ -31,9 +31,10 @@ def build_models(config, *specs, is_training=False, batch_size=4):
         tf.set_random_seed(0)
         initializer = tf.random_uniform_initializer(-config.init_scale, config.init_scale)
         models = []
-        for i, (mode, num_steps, fast_backward) in enumerate(specs):
+        for i, (mode, num_steps, *fast) in enumerate(specs):
             with tf.variable_scope("Model", reuse=i > 0, initializer=initializer):
-                models.append(PTBModel(is_training, config, batch_size, num_steps, mode, fast_backward=fast_backward))
+                models.append(PTBModel(is_training, config, batch_size, num_steps, mode, fast_backward=fast[0],
+                                       fast_forward=fast[1] if fast[1:] else "block"))
         state_shape = [config.num_layers, 2, 4, config.hidden_size]
         probe = tf.constant(np.random.RandomState(3).normal(size=state_shape).astype(np.float32))
         fetches = []
@@ -124,6 +125,37 @@ def test_dropout_masks_and_gradients_match_block(variational):
         costs.append(fast["cost"])
         session.run(next_step)
     assert costs[0] != costs[1]  # the next step drew new masks, in both models alike
+
+
+@pytest.mark.parametrize("embedding_size", [None, 6])
+def test_split_forward_matches_basic(embedding_size):
+    """fast_forward="split" (training graphs): the forward of our own ops, x @ w_x over the window and only
+    h @ w_h step by step, gives BasicLSTMCell's loss, state and gradients, and runs no BlockLSTM."""
+    config = tiny(embedding_size=embedding_size)
+    session, models, fetches = build_models(config, ("basic", 5, "unroll"), ("fast", 5, "unroll", "split"),
+                                            is_training=True)
+    basic, split = run_all(session, models, fetches, config)
+    assert_same(split, basic, rtol=1e-5, atol=1e-6)
+    assert models[1].fast_forward == "split"
+    assert "BlockLSTM" not in {op.type for op in session.graph.get_operations()}
+
+
+def test_split_forward_under_dropout_matches_block():
+    config = tiny(keep_prob=0.5, embedding_size=6)
+    session, models, fetches = build_models(config, ("block", 5, "unroll"), ("fast", 5, "unroll", "split"),
+                                            is_training=True)
+    block, split = run_all(session, models, fetches, config)
+    assert_same(split, block, rtol=1e-5, atol=1e-6)
+
+
+def test_split_forward_only_where_the_window_is_known():
+    """Evaluation graphs, and training graphs of any window length, keep BlockLSTM's forward."""
+    for is_training, num_steps in ((False, 5), (True, None)):
+        with tf.Graph().as_default():
+            model = PTBModel(is_training, tiny(), 4, num_steps, "fast", fast_forward="split")
+            assert model.fast_forward == "block"
+    with pytest.raises(ValueError, match="unknown fast_forward"):
+        PTBModel(True, tiny(), 4, 5, "fast", fast_forward="sideways")
 
 
 def test_fast_mode_trains_without_block_lstm_grad():
