@@ -11,6 +11,7 @@ validation-shaped evaluation steps, and the batch-1 test pass, after a warm-up. 
 measures the machine's peak: one large matmul in each precision. A benchmark, not a test:
 nothing in the test suite depends on speed. `fast_loop` is rnn_mode fast with its gradient
 stepping back in a tf.while_loop instead of the default Python unroll (PTBModel's fast_backward).
+`fast_split` is rnn_mode fast with split_lstm's forward instead of BlockLSTM's (PTBModel's fast_forward).
 """
 import collections
 import time

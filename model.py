@@ -221,6 +221,8 @@ class PTBModel:
     that takes any number of rows (the cell-by-cell graph then loops with dynamic_rnn).
     fast_backward: how rnn_mode fast's gradient steps back through the window, "unroll" (a Python loop,
     when num_steps is known) or "loop" (a tf.while_loop, which num_steps=None graphs always use).
+    fast_forward: rnn_mode fast's forward in training graphs of a known num_steps, "block" (BlockLSTM) or
+    "split" (split_lstm: measured level with BlockLSTM, so only a benchmark mode, README's performance section).
     """
 
     def __init__(self, is_training, config, batch_size, num_steps, rnn_mode="block", precision="fp32",
