@@ -113,22 +113,18 @@ def fused_lstm(x, cs_prev, h_prev, w, b):
                                 cell_clip=-1.0, use_peephole=False)
 
 
-def split_lstm(x, cs_prev, h_prev, w, b, matmul=tf.matmul, recurrent_dtype=None):
+def split_lstm(x, cs_prev, h_prev, w_x, w_h, b, matmul=tf.matmul):
     """fused_lstm's seven outputs from ops of our own, x [T, B, input] with T known when the graph is built.
 
     BlockLSTM multiplies [x_t, h_t-1] by the whole kernel at every step. Only h_t-1 @ w_h has to wait for
     the step before: x @ w_x + b is one matmul over all T x B rows (in bf16 under --precision=bf16, which
-    BlockLSTM cannot do), and each step reads only w_h (in recurrent_dtype: bf16 halves the bytes).
+    BlockLSTM cannot do), and each step reads only w_h, in the dtype it comes in (bf16 halves the bytes).
     """
-    hidden = h_prev.shape[-1]
-    w_x, w_h = w[:-hidden], w[-hidden:]
-    step_dtype = recurrent_dtype or x.dtype
-    w_h_step = tf.cast(w_h, step_dtype)
-    x_w = tf.reshape(matmul(tf.reshape(x, [-1, w_x.shape[0]]), w_x) + b, [x.shape[0], -1, w.shape[1]])
+    x_w = tf.reshape(matmul(tf.reshape(x, [-1, w_x.shape[0]]), w_x) + b, [x.shape[0], -1, w_x.shape[1]])
     outputs = []
     cs, h = cs_prev, h_prev
     for x_w_t in tf.unstack(x_w):
-        gates = x_w_t + tf.cast(tf.matmul(tf.cast(h, step_dtype), w_h_step), x.dtype)
+        gates = x_w_t + tf.cast(tf.matmul(tf.cast(h, w_h.dtype), w_h), x.dtype)
         i, ci, f, o = tf.split(gates, 4, axis=1)
         i, ci, f, o = tf.sigmoid(i), tf.tanh(ci), tf.sigmoid(f), tf.sigmoid(o)
         cs = ci * i + cs * f
@@ -155,19 +151,19 @@ def fast_block_lstm(x, cs_prev, h_prev, w, b, unroll=True, matmul=tf.matmul, rec
 
     @tf.custom_gradient
     def lstm(x, cs_prev, h_prev, w, b):
+        w_x, w_h = w[:-h_prev.shape[-1]], w[-h_prev.shape[-1]:]  # the rows that multiply x, and h_prev
+        step_dtype = recurrent_dtype or x.dtype
+        w_h_step = tf.cast(w_h, step_dtype)  # cast once for the window, forward (split) and backward
         if forward == "split":
-            i, cs, f, o, ci, co, h = split_lstm(x, cs_prev, h_prev, w, b, matmul, recurrent_dtype)
+            i, cs, f, o, ci, co, h = split_lstm(x, cs_prev, h_prev, w_x, w_h_step, b, matmul)
         else:
             i, cs, f, o, ci, co, h = fused_lstm(x, cs_prev, h_prev, w, b)
 
         def gradient(d_cs, d_h):
             """d_cs, d_h [T, B, hidden]: the gradients reaching cs and h from outside (the outputs, final state)."""
-            w_x, w_h = w[:-h.shape[-1]], w[-h.shape[-1]:]  # the rows that multiply x, and h_prev
             cs_before = tf.concat([cs_prev[None], cs[:-1]], 0)  # the state each step starts from
             h_before = tf.concat([h_prev[None], h[:-1]], 0)
             no_peephole = tf.zeros([b.shape[0] // 4], x.dtype)
-            step_dtype = recurrent_dtype or x.dtype
-            w_h_step = tf.cast(w_h, step_dtype)  # cast once for the window
 
             def step_back(x, cs_before, h_before, i, cs, f, o, ci, co, d_cs, d_h):
                 """One step's tensors [B, ...] and the total gradients of its cs and h (from outside and from

@@ -33,8 +33,8 @@ def build_models(config, *specs, is_training=False, batch_size=4):
         models = []
         for i, (mode, num_steps, *fast) in enumerate(specs):
             with tf.variable_scope("Model", reuse=i > 0, initializer=initializer):
-                models.append(PTBModel(is_training, config, batch_size, num_steps, mode, fast_backward=fast[0],
-                                       fast_forward=fast[1] if fast[1:] else "block"))
+                models.append(PTBModel(is_training, config, batch_size, num_steps, mode,
+                                       **dict(zip(("fast_backward", "fast_forward"), fast))))
         state_shape = [config.num_layers, 2, 4, config.hidden_size]
         probe = tf.constant(np.random.RandomState(3).normal(size=state_shape).astype(np.float32))
         fetches = []
