@@ -22,6 +22,8 @@ tanh-RNN cells (GRUCell and BasicRNNCell; the GRU fused in block mode), tied inp
 output embeddings, an embedding size of its own, variational (locked) dropout, dropout of
 the recurrent state, and dropout of whole words.
 """
+import collections
+import contextlib
 import itertools
 import math
 
@@ -68,6 +70,11 @@ def check_options(config, rnn_mode):
                          f"({config.hidden_size}): the softmax weight is the transposed embedding")
     if config.state_keep_prob < 1 and config.cell == "lstm" and rnn_mode in FUSED_MODES:
         raise ValueError("dropout on the recurrent state needs the cell-by-cell graph: use --rnn_mode=basic")
+
+
+Rows = collections.namedtuple("Rows", "input_data targets initial_state start global_batch_size")
+Rows.__doc__ = """What one replica of a data-parallel step (distribute.py) gets of the global batch: its rows'
+input_data, targets and initial_state, the index of its first row, and the global batch size."""
 
 
 def dropout_seed():
@@ -219,17 +226,20 @@ class PTBModel:
     when num_steps is known) or "loop" (a tf.while_loop, which num_steps=None graphs always use).
     fast_forward: rnn_mode fast's forward in training graphs of a known num_steps, "block" (BlockLSTM) or
     "split" (split_lstm: measured level with BlockLSTM, so only a benchmark mode, README's performance section).
+    rows: a Rows, for one replica of a data-parallel training step (distribute.py): the model then reads these
+    tensors, its batch_size rows of the global batch, instead of placeholders, and computes its share of what one
+    process computes on the whole batch (cost, dropout masks, the gradient summed across the replicas).
     """
 
     def __init__(self, is_training, config, batch_size, num_steps, rnn_mode="block", precision="fp32",
-                 fast_backward="unroll", fast_forward="block"):
+                 fast_backward="unroll", fast_forward="block", rows=None):
         check_rnn_mode(rnn_mode)
         if fast_backward not in FAST_BACKWARDS:
             raise ValueError(f"unknown fast_backward {fast_backward!r}: choose one of {', '.join(FAST_BACKWARDS)}")
         if fast_forward not in FAST_FORWARDS:
             raise ValueError(f"unknown fast_forward {fast_forward!r}: choose one of {', '.join(FAST_FORWARDS)}")
         self.batch_size, self.num_steps = batch_size, num_steps
-        self.rnn_mode, self.config, self.fast_backward = rnn_mode, config, fast_backward
+        self.rnn_mode, self.config, self.fast_backward, self.rows = rnn_mode, config, fast_backward, rows
         # split_lstm needs the window's length when the graph is built; evaluation runs BlockLSTM's forward.
         self.fast_forward = fast_forward if is_training and num_steps is not None else "block"
         self.compute_dtype = COMPUTE_DTYPES[precision]
@@ -240,15 +250,22 @@ class PTBModel:
         self.word_keep_prob = config.word_keep_prob if is_training else 1.0
         check_options(config, rnn_mode)
 
-        self.input_data = tf.placeholder(tf.int32, [batch_size, num_steps], name="input_data")
-        self.targets = tf.placeholder(tf.int32, [batch_size, num_steps], name="targets")
+        if rows is None:
+            self.input_data = tf.placeholder(tf.int32, [batch_size, num_steps], name="input_data")
+            self.targets = tf.placeholder(tf.int32, [batch_size, num_steps], name="targets")
+        else:
+            self.input_data, self.targets = rows.input_data, rows.targets
         shape = tf.shape(self.input_data)  # [batch_size, num_steps], known only at run time when None
-        parts = STATE_PARTS[config.cell]
-        zeros = tf.zeros([layers, parts, shape[0], size], tf.float32)
-        self.initial_state = tf.placeholder_with_default(zeros, [layers, parts, batch_size, size],
-                                                         name="initial_state")
+        if rows is None:
+            parts = STATE_PARTS[config.cell]
+            zeros = tf.zeros([layers, parts, shape[0], size], tf.float32)
+            self.initial_state = tf.placeholder_with_default(zeros, [layers, parts, batch_size, size],
+                                                             name="initial_state")
+        else:
+            self.initial_state = rows.initial_state
 
-        with tf.device("/cpu:0"):  # the lookup table's gather is a CPU op; keep it with the table
+        # The lookup table's gather is a CPU op; keep it with the table (a replica's copy is on its own device).
+        with tf.device("/cpu:0") if rows is None else contextlib.nullcontext():
             embedding = tf.get_variable("embedding", [vocab_size, embedding_size], tf.float32)
             inputs = tf.nn.embedding_lookup(embedding, self.input_data)
         inputs = self.dropout(self.word_dropout(inputs), site=0)
@@ -268,8 +285,10 @@ class PTBModel:
         self.log_probs = tf.nn.log_softmax(self.logits)  # log p(next word) at each position, for inference
         # -log p(target word), one value per position: [batch_size, num_steps].
         self.word_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=self.targets, logits=self.logits)
-        # The cost the tutorial reports and trains on: the sum over time of the batch-mean loss.
-        self.cost = tf.reduce_sum(self.word_losses) / tf.cast(shape[0], tf.float32)
+        # The cost the tutorial reports and trains on: the sum over time of the batch-mean loss. A replica's share
+        # of it divides its rows' losses by the global batch size: the replicas' costs sum to the cost.
+        self.cost = tf.reduce_sum(self.word_losses) / (tf.cast(shape[0], tf.float32) if rows is None
+                                                       else float(rows.global_batch_size))
 
         if is_training:
             self.build_train_op()
@@ -296,8 +315,23 @@ class PTBModel:
         noise_shape = None
         if self.config.variational_dropout:
             noise_shape = tf.tensor_scatter_nd_update(tf.shape(x), [[time_axis]], [1])
+        if self.rows is not None:
+            return x * self.rows_of_global_mask(x, site, time_axis, noise_shape)
         return tf.nn.experimental.stateless_dropout(x, rate=1.0 - self.keep_prob, seed=self.seed(site),
                                                     noise_shape=noise_shape)
+
+    def rows_of_global_mask(self, x, site, time_axis, noise_shape):
+        """A replica's rows of the dropout mask one process draws for the whole batch (0 or 1 / keep_prob).
+
+        The mask is drawn at the global batch's shape from the same seed, so it is the one-process mask;
+        x * mask is then what stateless_dropout computes: x / keep_prob where kept, 0 where dropped."""
+        batch_axis = 1 - time_axis
+        shape = tf.shape(x) if noise_shape is None else noise_shape
+        global_shape = tf.tensor_scatter_nd_update(shape, [[batch_axis]], [self.rows.global_batch_size])
+        mask = tf.nn.experimental.stateless_dropout(tf.ones(global_shape, x.dtype), rate=1.0 - self.keep_prob,
+                                                    seed=self.seed(site))
+        rows = slice(self.rows.start, self.rows.start + self.batch_size)
+        return mask[rows] if batch_axis == 0 else mask[:, rows]
 
     def word_dropout(self, inputs):
         """Drops whole words (embedding dropout): every use of a dropped word in the batch reads zeros."""
@@ -372,11 +406,25 @@ class PTBModel:
         return tf.cast(tf.transpose(x, [1, 0, 2]), tf.float32), tf.stack(finals)
 
     def build_train_op(self):
-        """Plain SGD on gradients clipped to a global norm of max_grad_norm."""
-        self.lr = tf.Variable(0.0, trainable=False, name="learning_rate")
+        """Plain SGD on gradients clipped to a global norm of max_grad_norm.
+
+        A replica (self.rows) holds its share of the cost, so its gradient is its share of the one-process
+        gradient: the replicas' gradients are summed (tf.distribute's all-reduce) before the clipping, and
+        the update applied once to each copy of the variables (sgd_update_of_every_copy).
+        """
+        if self.rows is None:
+            self.lr = tf.Variable(0.0, trainable=False, name="learning_rate")
+        else:  # one variable for all replicas, named as one process names it (tf.Variable would add name scopes)
+            self.lr = tf.get_variable("learning_rate", [], tf.float32, tf.zeros_initializer(), trainable=False)
         tvars = tf.trainable_variables()
         grads = tf.gradients(self.cost, tvars)
+        if self.rows is not None:
+            grads = tf.distribute.get_replica_context().merge_call(sum_across_replicas, args=(grads,))
         self.clipped_grads, self.grad_norm = tf.clip_by_global_norm(grads, self.config.max_grad_norm)
+        if self.rows is not None:  # (its learning rate is set from outside the replicas: distribute.py)
+            self.train_op = tf.distribute.get_replica_context().merge_call(
+                sgd_update_of_every_copy, args=(self.clipped_grads, tvars, self.lr))
+            return
         optimizer = tf.train.GradientDescentOptimizer(self.lr)
         self.train_op = optimizer.apply_gradients(zip(self.clipped_grads, tvars),
                                                   global_step=tf.train.get_or_create_global_step())
@@ -385,6 +433,26 @@ class PTBModel:
 
     def assign_lr(self, session, lr_value):
         session.run(self.lr_update, feed_dict={self.new_lr: lr_value})
+
+
+def sum_across_replicas(strategy, grads):
+    """In merge_call: each replica's gradients -> their sum, on every replica (an embedding's IndexedSlices are
+    gathered, in replica order: the rows of the one-process gradient, in its order)."""
+    return strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, [(g, g) for g in grads])
+
+
+def sgd_update_of_every_copy(strategy, grads, tvars, lr):
+    """In merge_call: GradientDescentOptimizer's update, var -= lr * grad, of each copy of each variable, and
+    global_step + 1. Not the optimizer itself: under a strategy its apply_gradients sums the gradients across
+    the replicas, and these are summed already."""
+    def sgd(var, grad):
+        if isinstance(grad, tf.IndexedSlices):  # the embedding's rows, as the optimizer applies them
+            return var.scatter_sub(tf.IndexedSlices(grad.values * lr, grad.indices))
+        return var.assign_sub(grad * lr)
+
+    updates = [strategy.extended.update(var, sgd, args=(grad,)) for grad, var in zip(grads, tvars)]
+    with tf.control_dependencies(updates):
+        return tf.train.get_or_create_global_step().assign_add(1)
 
 
 class Position:

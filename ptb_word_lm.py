@@ -28,6 +28,7 @@ from absl import flags
 
 import checkpoint
 import configs
+import distribute
 import embeddings
 import monitor
 import reader
@@ -76,6 +77,8 @@ flags.DEFINE_float("checkpoint_minutes", 10, "With --save_path: also checkpoint 
 flags.DEFINE_integer("test_window", 100, "Window length of the test pass (batch size 1); any length gives "
                      "the tutorial's num_steps=1 result, longer windows just run faster. Not in basic mode.")
 flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per core).")
+flags.DEFINE_integer("replicas", 1, "Split each training batch over this many devices of this machine (its GPUs, "
+                     "else logical CPU devices), synchronously: the same numbers as one (distribute.py).")
 FLAGS = flags.FLAGS
 
 
@@ -112,19 +115,33 @@ class Progress:
         return int(v["epoch"]), Position(int(v["step"]), float(v["costs"]), int(v["iters"]), state)
 
 
+def training_model(config, rnn_mode, precision, seed, strategy=None):
+    """Builds the training model in the current graph: a PTBModel of the whole batch, or under a tf.distribute
+    strategy its replicas (distribute.ReplicatedModel), each a PTBModel of its rows."""
+    tf.set_random_seed(seed)
+    initializer = tf.random_uniform_initializer(-config.init_scale, config.init_scale)
+
+    def build(batch_size=config.batch_size, rows=None):
+        return PTBModel(True, config, batch_size, config.num_steps, rnn_mode, precision, rows=rows)
+
+    with tf.variable_scope("Model", reuse=None, initializer=initializer):
+        return build() if strategy is None else distribute.ReplicatedModel(strategy, build, config)
+
+
 class Trainer:
     """Builds the graph of one training run and runs it, epoch by epoch."""
 
-    def __init__(self, data, config, rnn_mode="block", precision="fp32", save_path=None, seed=None, pretrained=None):
+    def __init__(self, data, config, rnn_mode="block", precision="fp32", save_path=None, seed=None, pretrained=None,
+                 strategy=None):
+        """strategy: None, one process on one device (the default); else a tf.distribute strategy whose
+        replicas share each training batch (distribute.py)."""
         self.data, self.config, self.save_path, self.pretrained = data, config, save_path, pretrained
+        self.strategy = strategy
         self.graph = tf.Graph()
         with self.graph.as_default():
-            tf.set_random_seed(seed)
-            initializer = tf.random_uniform_initializer(-config.init_scale, config.init_scale)
+            self.m = training_model(config, rnn_mode, precision, seed, strategy)
             test_steps = 1 if rnn_mode == "basic" else None  # batch 1: every word sees all the text before it
-            with tf.variable_scope("Model", reuse=None, initializer=initializer):
-                self.m = PTBModel(True, config, config.batch_size, config.num_steps, rnn_mode, precision)
-            with tf.variable_scope("Model", reuse=True, initializer=initializer):
+            with tf.variable_scope("Model", reuse=True):
                 self.mvalid = PTBModel(False, config, config.batch_size, config.num_steps, rnn_mode, precision)
                 self.mtest = PTBModel(False, config, 1, test_steps, rnn_mode, precision)
             with tf.variable_scope("Model"):
@@ -134,10 +151,23 @@ class Trainer:
             self.weights_finite = tf.reduce_all([tf.reduce_all(tf.is_finite(v)) for v in tf.trainable_variables()])
             # Relative paths in the 'checkpoint' index: the folder can be moved or copied.
             self.saver = tf.train.Saver(tf.global_variables(), max_to_keep=3, save_relative_paths=True)
-            self.session = tf.Session(config=session_config(FLAGS.num_threads))
+            self.session = tf.Session(config=session_config(FLAGS.num_threads) if strategy is None else
+                                      distribute.strategy_session_config(strategy, FLAGS.num_threads))
             self.session.run(tf.global_variables_initializer())
             self.session.run(seed_var.assign(seed))
+            if strategy is not None:  # start where one process starts
+                start = distribute.one_process_values(lambda: training_model(config, rnn_mode, precision, seed))
+                self.load({v: start[v.op.name] for v in tf.trainable_variables()})
         self.log = monitor.RunLog(save_path)
+
+    def load(self, values):
+        """Sets {variable: value}: every copy of a replicated variable."""
+        if self.strategy is None:
+            for variable, value in values.items():
+                variable.load(value, self.session)
+        else:
+            with self.graph.as_default():
+                distribute.load(self.session, self.strategy, values)
 
     def restore(self, prefix):
         """Resumes from checkpoint `prefix`, if any (checked by checkpoint.check_run_folder): (epoch, position)."""
@@ -158,7 +188,7 @@ class Trainer:
             embedding = [v for v in tf.global_variables() if v.op.name == embeddings.EMBEDDING][0]
         value = self.session.run(embedding)
         value[found] = vectors[found]
-        embedding.load(value, self.session)
+        self.load({embedding: value})
 
     def save(self, epoch, position):
         """A checkpoint, of sound weights only: finite, and with a finite loss on a window of validation text."""
@@ -295,6 +325,7 @@ def load_data_and_config():
             setattr(config, name, FLAGS[name].value)
     check_rnn_mode(FLAGS.rnn_mode or default_rnn_mode())
     check_options(config, FLAGS.rnn_mode or default_rnn_mode())
+    distribute.check_replicas(FLAGS.replicas, config, FLAGS.rnn_mode or default_rnn_mode())
     if FLAGS.embedding_file:
         reader.check_readable(FLAGS.embedding_file, "--embedding_file", "a GloVe text file")
     data = reader.load_ptb(FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data")), FLAGS.max_vocab)
@@ -337,8 +368,9 @@ def train():
     if any(data.unknown.values()):
         print("Outside the vocabulary, read as <unk>: " + ", ".join(f"{n} {split}" for split, n in
                                                                     data.unknown.items()) + " words", flush=True)
+    strategy = distribute.local_strategy(FLAGS.replicas) if FLAGS.replicas > 1 else None
     start = time.time()
-    Trainer(data, config, rnn_mode, precision, FLAGS.save_path, seed, pretrained).run(resume_from)
+    Trainer(data, config, rnn_mode, precision, FLAGS.save_path, seed, pretrained, strategy).run(resume_from)
     print(f"Wall time: {time.time() - start:.0f} s", flush=True)
 
 

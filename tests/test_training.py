@@ -32,10 +32,10 @@ def uninterrupted(ptb_path, tmp_path_factory):
     return result.stdout, save_path
 
 
-def start_and_stop(ptb_path, save_path, signum, after_line, *extra):
+def start_and_stop(ptb_path, save_path, signum, after_line, *extra, flags=FLAGS):
     """Starts a run, sends `signum` once it prints a line matching after_line, returns its exit code and stderr."""
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_path}",
-                                *FLAGS, f"--save_path={save_path}", *extra],
+                                *flags, f"--save_path={save_path}", *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seen = []
     for line in process.stdout:
