@@ -33,6 +33,7 @@ RANGES = {
     "test_window": ("integer", lambda v: v >= 1, "of at least 1"),
     "num_threads": ("integer", lambda v: 0 <= v <= 1024, "from 0 (one per core) to 1024"),
     "replicas": ("integer", lambda v: 1 <= v <= 1024, "from 1 to 1024"),
+    "worker_timeout": ("number", lambda v: v > 0, "above 0"),
     "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
     "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
     "top_k": ("integer", lambda v: v >= 1, "of at least 1"),

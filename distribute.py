@@ -1,53 +1,160 @@
 """Synchronous data-parallel training with tf.distribute: the same numbers as one process, on several devices.
 
     python ptb_word_lm.py --model=medium --replicas=2      # the batch split over 2 devices of this machine
+    TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}' \
+        python ptb_word_lm.py --model=medium --save_path=runs/medium    # on host1; index 1 on host2
 
 `--replicas=N` runs the training step as N replicas under tf.distribute.MirroredStrategy, on the machine's
-GPUs when it has N, else on N logical CPU devices. Each replica builds the model (model.PTBModel, with `rows`)
-on its share of the global batch: rows [r * B/N, (r + 1) * B/N) of the windows reader.ptb_iterator cuts, the
-LSTM state of those rows, and the rows of the dropout masks one process draws for the whole batch. Its cost is
-its rows' share of the one-process cost, so the replicas' gradients, summed across them by the strategy before
-the clipping, are the one-process gradient, and every copy of the variables takes the one-process SGD update.
-Outside, ReplicatedModel looks like one PTBModel of the whole batch (the same placeholders, cost and final
-state, summed and gathered over the replicas), so model.run_epoch and the Trainer drive it unchanged, and its
-checkpoints, holding every row's state under the one-process variable names, resume with any replica count.
+GPUs when it has N, else on N logical CPU devices. A TF_CONFIG naming several workers runs it under
+MultiWorkerMirroredStrategy, with replicas on every worker (one on a CPU, one a GPU), the gradients summed by
+TensorFlow's collective all-reduce between the workers. Each replica builds the model (model.PTBModel, with
+`rows`) on its share of the global batch: rows [r * B/N, (r + 1) * B/N) of the windows reader.ptb_iterator cuts
+(every worker reads the whole corpus and feeds the whole batch; each replica takes its rows), the LSTM state
+of those rows, and the rows of the dropout masks one process draws for the whole batch. Its cost is its rows'
+share of the one-process cost, so the replicas' gradients, summed across them before the clipping, are the
+one-process gradient, and every copy of the variables takes the one-process SGD update. Outside,
+ReplicatedModel looks like one PTBModel of the whole batch (the same placeholders, cost and final state, summed
+over the replicas), so model.run_epoch and the Trainer drive it unchanged, and its checkpoints, holding every
+row's state under the one-process variable names, resume with any replica count.
 
-The default, one replica, builds none of this: ptb_word_lm.Trainer builds the one-process graph as before.
+With several workers, worker 0 (the chief) alone reads and writes the checkpoint folder; every worker takes the
+chief's variables at start (take_the_chiefs); a signal on any worker stops them all after the same step (the
+chief saving); a worker that dies or hangs stops the others within --worker_timeout (Replicas).
+
+The default, one replica and no TF_CONFIG, builds none of this: ptb_word_lm.Trainer builds the one-process
+graph as before.
 """
+import collections
+import json
+import threading
+
 from model import STATE_PARTS, PTBModel, Rows
 from tf1 import session_config, tf
 
+Cluster = collections.namedtuple("Cluster", "workers index")
+Cluster.__doc__ = """The workers' addresses ("host:port", worker 0 the chief) and this process's index among them."""
 
-def check_replicas(replicas, config, rnn_mode):
+START_TIMEOUT = 600  # seconds the workers wait for each other at start
+
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", '
+                     '"index": 0}}')
+
+
+def read_tf_config(text):
+    """The cluster the TF_CONFIG text describes; None if it is empty or names one worker (one process).
+
+    Refuses, in one line, what would not run: not JSON, other jobs than workers (here worker 0 is the
+    chief), an address that is not host:port, a task that is not one of the workers."""
+    if not text.strip():
+        return None
+    hint = f"give TF_CONFIG like '{TF_CONFIG_EXAMPLE}'"
+    try:
+        spec = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"TF_CONFIG is not JSON ({e}): {hint}")
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    if not isinstance(cluster, dict) or list(cluster) != ["worker"]:
+        raise ValueError(f"TF_CONFIG's cluster must name workers only (worker 0 is the chief): {hint}")
+    workers = cluster["worker"]
+    if not (isinstance(workers, list) and workers and all(is_address(w) for w in workers)):
+        raise ValueError(f"TF_CONFIG's workers must be a list of host:port addresses: {hint}")
+    if len(set(workers)) < len(workers):
+        raise ValueError(f"TF_CONFIG names an address twice ({', '.join(workers)}): give each worker its own port")
+    task = spec.get("task")
+    index = task.get("index") if isinstance(task, dict) else None
+    if task is None or task.get("type") != "worker" or not isinstance(index, int) or not 0 <= index < len(workers):
+        raise ValueError(f"TF_CONFIG's task must be {{\"type\": \"worker\", \"index\": i}} with i from 0 to "
+                         f"{len(workers) - 1}: {hint}")
+    return Cluster(tuple(workers), index) if len(workers) > 1 else None
+
+
+def is_address(text):
+    host, _, port = text.rpartition(":") if isinstance(text, str) else ("", "", "")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def check_replicas(replicas, config, rnn_mode, cluster=None):
     """Refuses what replicas cannot compute as one process does, before anything is built."""
-    if config.batch_size % replicas:
-        raise ValueError(f"--replicas={replicas} does not divide batch_size={config.batch_size}: each replica takes "
-                         f"an equal share of the batch; give a divisor of {config.batch_size}")
+    workers = len(cluster.workers) if cluster else 1
+    if config.batch_size % (replicas * workers):
+        count = f"--replicas={replicas} x {workers} workers = {replicas * workers} replicas do" if cluster else \
+            f"--replicas={replicas} does"
+        raise ValueError(f"{count} not divide batch_size={config.batch_size}: each replica takes an equal share of "
+                         f"the batch; use a replica count that divides {config.batch_size}")
     gpus = len(tf.config.list_physical_devices("GPU"))
+    if cluster and replicas != max(gpus, 1):
+        raise ValueError(f"--replicas={replicas}: with TF_CONFIG each worker runs one replica a GPU, and on a machine "
+                         f"without GPUs one replica (MultiWorkerMirroredStrategy); this one has {gpus} GPUs, so give "
+                         f"--replicas={max(gpus, 1)} (CUDA_VISIBLE_DEVICES chooses the GPUs)")
     if 0 < gpus < replicas:
         raise ValueError(f"--replicas={replicas}: this machine has {gpus} GPUs; give at most {gpus}")
     cell_by_cell = rnn_mode == "basic" or config.cell != "lstm"  # model.PTBModel.cell_layers
-    if replicas > 1 and cell_by_cell and min(config.keep_prob, config.state_keep_prob) < 1:
+    if replicas * workers > 1 and cell_by_cell and min(config.keep_prob, config.state_keep_prob) < 1:
         raise ValueError("--replicas with dropout needs the LSTM in block or fast mode: the cell-by-cell graph's "
                          "DropoutWrapper draws masks of each replica's own shape, not the rows of one process's")
 
 
-def local_strategy(replicas):
-    """MirroredStrategy over `replicas` devices of this machine: its GPUs, or as many logical CPU devices.
+class Replicas:
+    """Where the replicas of a training step run: the tf.distribute strategy, and the session it runs in.
 
-    Logical devices must be set before TensorFlow's runtime starts: before the first session."""
-    if tf.config.list_physical_devices("GPU"):
-        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(replicas)])
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
-    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+    Without a cluster, MirroredStrategy over `count` devices of this machine: its GPUs, or as many logical
+    CPU devices (set up before TensorFlow's runtime starts, so before the first session). With one
+    (TF_CONFIG), MultiWorkerMirroredStrategy, which reads TF_CONFIG itself: each worker's devices hold
+    replicas, the gradients are summed by collective all-reduce between the workers, and this process
+    serves its worker's part (a tf.distribute.Server) and runs its session there.
+    """
 
+    def __init__(self, count, cluster=None, num_threads=0, timeout=120):
+        self.cluster, self.chief = cluster, cluster is None or cluster.index == 0
+        self.workers = len(cluster.workers) if cluster else 1
+        if cluster:
+            self.strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy()
+        elif tf.config.list_physical_devices("GPU"):
+            self.strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(count)])
+        else:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+            self.strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
+        self.config = self.strategy.update_config_proto(session_config(num_threads))
+        self.config.device_count["CPU"] = len(tf.config.list_logical_devices("CPU"))  # a session is told apart
+        self.target, self.start = "", None  # the session's server, the RunOptions of what waits for all workers
+        if cluster:
+            # Collectives wait for the other workers, and one that died may leave them waiting for ever: so every
+            # run of the session gives up after `timeout` seconds, but those at start (self.start), which wait
+            # for the other workers to start and build their graphs, after START_TIMEOUT.
+            self.config.operation_timeout_in_ms = int(timeout * 1000)
+            self.start = tf.RunOptions(timeout_in_ms=START_TIMEOUT * 1000)
+            try:
+                server = tf.distribute.Server(tf.train.ClusterSpec({"worker": list(cluster.workers)}), "worker",
+                                              cluster.index, config=self.config)
+            except tf.errors.OpError as e:
+                raise ValueError(f"worker {cluster.index} cannot serve on {cluster.workers[cluster.index]} "
+                                 f"({e.message.splitlines()[0]}): give TF_CONFIG a free port for it")
+            self.target = server.target
 
-def strategy_session_config(strategy, num_threads=0):
-    """The session's config under `strategy`: the logical CPU devices, which a session is told separately."""
-    config = strategy.update_config_proto(session_config(num_threads))
-    config.device_count["CPU"] = len(tf.config.list_logical_devices("CPU"))
-    return config
+    def session(self):
+        return tf.Session(self.target, config=self.config)
+
+    def run_at_start(self, session, fetches):
+        """session.run(fetches) for what waits for every worker to start, in a thread of its own.
+
+        Python acts on a signal only between its own instructions, never inside session.run: waiting here
+        instead, Ctrl-C still ends the program at once while the other workers are awaited."""
+        outcome = {}
+
+        def run():
+            try:
+                outcome["value"] = session.run(fetches, options=self.start)
+            except tf.errors.OpError as e:
+                outcome["error"] = e
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
 
 
 class ReplicatedModel:
@@ -58,10 +165,12 @@ class ReplicatedModel:
     cost is the replicas' costs summed, final_state their final states, each in its rows: both what one
     process computes. train_op runs every replica's step; grad_norm (the norm of the summed gradient, the
     same on every replica) and lr are those of the first local replica.
+    With several workers, train_op's value is how many of them asked to stop (stop_request, set by a
+    signal) before the step: all see the same count, so all stop after the same step.
     """
 
-    def __init__(self, strategy, build, config):
-        self.strategy = strategy
+    def __init__(self, replicas, build, config):
+        strategy = replicas.strategy
         self.batch_size, self.num_steps = config.batch_size, config.num_steps
         self.input_data = tf.placeholder(tf.int32, [self.batch_size, self.num_steps], name="input_data")
         self.targets = tf.placeholder(tf.int32, [self.batch_size, self.num_steps], name="targets")
@@ -79,6 +188,12 @@ class ReplicatedModel:
             # Set from here, outside the replicas: a mirrored variable is assigned to all its copies at once.
             self.new_lr = tf.placeholder(tf.float32, [], name="new_learning_rate")
             self.lr_update = tf.assign(self.lr, self.new_lr)
+        if replicas.workers > 1:
+            # Whether this worker was asked to stop: a local variable, not saved with the weights.
+            self.stop_request = tf.Variable(0.0, trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES],
+                                            name="stop_request")
+            with strategy.scope(), tf.control_dependencies([self.train_op]):
+                self.train_op = strategy.reduce(tf.distribute.ReduceOp.SUM, self.stop_request.read_value(), axis=None)
 
     assign_lr = PTBModel.assign_lr
 
@@ -108,6 +223,28 @@ def one_process_values(build):
         with tf.Session(config=session_config()) as session:
             session.run(tf.global_variables_initializer())
             return dict(zip([v.op.name for v in variables], session.run(variables)))
+
+
+def take_the_chiefs(session, replicas, variables):
+    """Every worker sets `variables` to the chief's values (its weights, or where its checkpoint was).
+
+    An all-reduce sum across the workers, to which the chief gives its values and the others zeros."""
+    with replicas.strategy.scope():
+        values = [v.read_value() if replicas.chief else tf.zeros(v.shape, v.dtype.base_dtype) for v in variables]
+        summed = [replicas.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in values]
+        replicas.run_at_start(session, tf.group(*[v.assign(value) for v, value in zip(variables, summed)]))
+
+
+def error_cause(error):
+    """What a TensorFlow error says went wrong between the workers ("Operation timed out.", "... Connection reset
+    by peer"): the first line after its "From /job:..." or "Graph execution error:" lines and its traceback."""
+    lines = [line.strip() for line in error.message.splitlines()]
+    noise = ("Graph execution error", "Detected at node", "File ", "Node:", "From /job", "[[")
+    causes = [line for line in lines if line and not line.startswith(noise) and not line.endswith(" defined at "
+                                                                                                   "(most recent call last):")]
+    if isinstance(error, tf.errors.DeadlineExceededError):
+        return f"no answer in time, --worker_timeout or {START_TIMEOUT // 60} minutes at start"
+    return (causes or [error.__class__.__name__])[0][:200]
 
 
 def load(session, strategy, values):

@@ -79,7 +79,12 @@ flags.DEFINE_integer("test_window", 100, "Window length of the test pass (batch 
 flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per core).")
 flags.DEFINE_integer("replicas", 1, "Split each training batch over this many devices of this machine (its GPUs, "
                      "else logical CPU devices), synchronously: the same numbers as one (distribute.py).")
+flags.DEFINE_float("worker_timeout", 120, "With TF_CONFIG (several workers): a worker stops when a step waits this "
+                   "many seconds for the others (at start it waits 10 minutes for them).")
 FLAGS = flags.FLAGS
+
+
+LOST = 4  # exit code: another worker of the cluster stopped or was lost
 
 
 class Stop(Exception):
@@ -115,9 +120,9 @@ class Progress:
         return int(v["epoch"]), Position(int(v["step"]), float(v["costs"]), int(v["iters"]), state)
 
 
-def training_model(config, rnn_mode, precision, seed, strategy=None):
-    """Builds the training model in the current graph: a PTBModel of the whole batch, or under a tf.distribute
-    strategy its replicas (distribute.ReplicatedModel), each a PTBModel of its rows."""
+def training_model(config, rnn_mode, precision, seed, replicas=None):
+    """Builds the training model in the current graph: a PTBModel of the whole batch, or with distribute.Replicas
+    their replicas (distribute.ReplicatedModel), each a PTBModel of its rows."""
     tf.set_random_seed(seed)
     initializer = tf.random_uniform_initializer(-config.init_scale, config.init_scale)
 
@@ -125,21 +130,21 @@ def training_model(config, rnn_mode, precision, seed, strategy=None):
         return PTBModel(True, config, batch_size, config.num_steps, rnn_mode, precision, rows=rows)
 
     with tf.variable_scope("Model", reuse=None, initializer=initializer):
-        return build() if strategy is None else distribute.ReplicatedModel(strategy, build, config)
+        return build() if replicas is None else distribute.ReplicatedModel(replicas, build, config)
 
 
 class Trainer:
     """Builds the graph of one training run and runs it, epoch by epoch."""
 
     def __init__(self, data, config, rnn_mode="block", precision="fp32", save_path=None, seed=None, pretrained=None,
-                 strategy=None):
-        """strategy: None, one process on one device (the default); else a tf.distribute strategy whose
-        replicas share each training batch (distribute.py)."""
+                 replicas=None):
+        """replicas: None, one process on one device (the default); else distribute.Replicas, whose replicas
+        share each training batch (with several workers, only the chief is given a save_path)."""
         self.data, self.config, self.save_path, self.pretrained = data, config, save_path, pretrained
-        self.strategy = strategy
+        self.replicas = replicas
         self.graph = tf.Graph()
         with self.graph.as_default():
-            self.m = training_model(config, rnn_mode, precision, seed, strategy)
+            self.m = training_model(config, rnn_mode, precision, seed, replicas)
             test_steps = 1 if rnn_mode == "basic" else None  # batch 1: every word sees all the text before it
             with tf.variable_scope("Model", reuse=True):
                 self.mvalid = PTBModel(False, config, config.batch_size, config.num_steps, rnn_mode, precision)
@@ -151,32 +156,49 @@ class Trainer:
             self.weights_finite = tf.reduce_all([tf.reduce_all(tf.is_finite(v)) for v in tf.trainable_variables()])
             # Relative paths in the 'checkpoint' index: the folder can be moved or copied.
             self.saver = tf.train.Saver(tf.global_variables(), max_to_keep=3, save_relative_paths=True)
-            self.session = tf.Session(config=session_config(FLAGS.num_threads) if strategy is None else
-                                      distribute.strategy_session_config(strategy, FLAGS.num_threads))
-            self.session.run(tf.global_variables_initializer())
+            self.session = tf.Session(config=session_config(FLAGS.num_threads)) if replicas is None else \
+                replicas.session()
+            if replicas is None:
+                self.session.run(tf.global_variables_initializer())
+            else:  # with several workers, the initializers wait for them all
+                if replicas.workers > 1:
+                    print(f"Waiting for the {replicas.workers} workers to start (at most "
+                          f"{distribute.START_TIMEOUT // 60} minutes)", flush=True)
+                replicas.run_at_start(self.session, tf.global_variables_initializer())
             self.session.run(seed_var.assign(seed))
-            if strategy is not None:  # start where one process starts
+            if replicas is not None:
+                self.session.run(tf.local_variables_initializer())
+            if replicas is not None and replicas.chief:  # start where one process starts (restore() passes it on)
                 start = distribute.one_process_values(lambda: training_model(config, rnn_mode, precision, seed))
                 self.load({v: start[v.op.name] for v in tf.trainable_variables()})
         self.log = monitor.RunLog(save_path)
 
     def load(self, values):
         """Sets {variable: value}: every copy of a replicated variable."""
-        if self.strategy is None:
+        if self.replicas is None:
             for variable, value in values.items():
                 variable.load(value, self.session)
         else:
             with self.graph.as_default():
-                distribute.load(self.session, self.strategy, values)
+                distribute.load(self.session, self.replicas.strategy, values)
 
     def restore(self, prefix):
-        """Resumes from checkpoint `prefix`, if any (checked by checkpoint.check_run_folder): (epoch, position)."""
-        if not prefix:
+        """Resumes from checkpoint `prefix`, if any (checked by checkpoint.check_run_folder): (epoch, position).
+
+        With several workers, the chief restores (or starts) and every worker takes its variables."""
+        several = self.replicas is not None and self.replicas.workers > 1
+        if prefix:
+            checkpoint.restore(self.session, self.saver, prefix)
+        else:
             self.load_pretrained()
+        if several:
+            with self.graph.as_default():
+                distribute.take_the_chiefs(self.session, self.replicas, tf.global_variables())
+        if not prefix and not several:
             return 0, None
-        checkpoint.restore(self.session, self.saver, prefix)
         epoch, position = self.progress.read(self.session)
-        print(f"Resuming from {prefix}: epoch {epoch + 1}, step {position.step}", flush=True)
+        if prefix or epoch or position.step:
+            print(f"Resuming from {prefix or 'the chief'}: epoch {epoch + 1}, step {position.step}", flush=True)
         return epoch, position
 
     def load_pretrained(self):
@@ -256,7 +278,7 @@ class Trainer:
             self.print_progress(position, epoch_size)
         if self.save_path and time.time() - self.last_save > 60 * FLAGS.checkpoint_minutes:
             self.save(self.epoch, position)
-        self.stop_if_signalled(self.epoch, position.step, position)
+        self.stop_if_signalled(self.epoch, position.step, position, vals["train_op"])
 
     def print_progress(self, position, epoch_size):
         elapsed = time.time() - self.epoch_start
@@ -275,9 +297,27 @@ class Trainer:
         self.log.epoch({"epoch": epoch, "learning_rate": lr, "train_perplexity": train_perplexity,
                         "valid_perplexity": valid_perplexity, "global_step": int(step)})
 
-    def stop_if_signalled(self, epoch, step, position=None):
+    def stop_if_signalled(self, epoch, step, position=None, stop_requests=None):
+        """Ends the run on SIGINT or SIGTERM, saving where it is (an epoch's end is saved already).
+
+        With several workers, stop_requests (inside an epoch) is how many asked to stop before the step just
+        run: a signal here is passed on with the next step, and every worker stops after that same step."""
+        if stop_requests is not None:
+            if cli.received:
+                self.session.run(self.m.stop_request.assign(1.0))
+            if stop_requests:
+                self.save(epoch, position)
+                signalled = f"by signal {cli.received[0]}" if cli.received else "as another worker was"
+                where = f"saved epoch {epoch + 1}, step {step} to {self.save_path}" if self.save_path else \
+                    f"worker 0 saved epoch {epoch + 1}, step {step}"
+                raise Stop(f"stopped {signalled}; {where}: rerun the same command on every worker to resume",
+                           128 + cli.received[0] if cli.received else LOST)
+            return
         if not cli.received:
             return
+        if self.replicas is not None and not self.replicas.chief:
+            raise Stop(f"stopped by signal {cli.received[0]}; worker 0 keeps its checkpoints: rerun the same command "
+                       "on every worker to resume", 128 + cli.received[0])
         signum = cli.received[0]
         if not self.save_path:
             raise Stop(f"stopped by signal {signum} at epoch {epoch + 1}, step {step}; nothing saved "
@@ -314,7 +354,7 @@ def remove_if_empty(folders):
             os.rmdir(folder)
 
 
-def load_data_and_config():
+def load_data_and_config(cluster=None):
     """The corpus and the config, every flag and file checked before any graph is built.
 
     The flags' ranges are checked by cli when they are parsed; here what only the corpus tells.
@@ -325,7 +365,7 @@ def load_data_and_config():
             setattr(config, name, FLAGS[name].value)
     check_rnn_mode(FLAGS.rnn_mode or default_rnn_mode())
     check_options(config, FLAGS.rnn_mode or default_rnn_mode())
-    distribute.check_replicas(FLAGS.replicas, config, FLAGS.rnn_mode or default_rnn_mode())
+    distribute.check_replicas(FLAGS.replicas, config, FLAGS.rnn_mode or default_rnn_mode(), cluster)
     if FLAGS.embedding_file:
         reader.check_readable(FLAGS.embedding_file, "--embedding_file", "a GloVe text file")
     data = reader.load_ptb(FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data")), FLAGS.max_vocab)
@@ -341,36 +381,50 @@ def load_data_and_config():
 
 def main(argv):
     del argv
-    created = prepare_save_path(FLAGS.save_path) if FLAGS.save_path else []
+    cluster = distribute.read_tf_config(os.environ.get("TF_CONFIG", ""))
+    save_path = FLAGS.save_path if cluster is None or cluster.index == 0 else None  # only the chief writes
+    created = prepare_save_path(save_path) if save_path else []
     try:
-        train()
+        train(cluster, save_path)
     except Stop as e:
         cli.fail(f"Stopped: {e}", e.exit_code, prefix="")
     finally:
         remove_if_empty(created)
 
 
-def train():
-    data, config = load_data_and_config()
-    resume_from = FLAGS.save_path and checkpoint.check_run_folder(FLAGS.save_path, config, data.vocab)
+def train(cluster, save_path):
+    data, config = load_data_and_config(cluster)
+    resume_from = save_path and checkpoint.check_run_folder(save_path, config, data.vocab)
     rnn_mode = FLAGS.rnn_mode or default_rnn_mode()
     precision = "fp16" if FLAGS.use_fp16 else FLAGS.precision
     seed = FLAGS.seed if FLAGS.seed is not None else int(np.random.randint(2 ** 31))
+    chief = cluster is None or cluster.index == 0
     pretrained = None
-    if FLAGS.embedding_file and not resume_from:
+    if FLAGS.embedding_file and not resume_from and chief:
         pretrained = embeddings.load_glove(FLAGS.embedding_file, data.vocab, config.embedding_size or
                                            config.hidden_size)
         print(f"Embedding: {pretrained[1].sum()} of {len(data.vocab)} words ({pretrained[1].mean():.1%}) start "
               f"from {FLAGS.embedding_file}", flush=True)
-    print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, seed: {seed}, vocabulary: "
-          f"{config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/{len(data.test)} "
-          "words", flush=True)
+    worker = f"worker {cluster.index} of {len(cluster.workers)}, " if cluster else ""
+    seed_used = seed if chief else "the chief's"
+    print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, {worker}seed: {seed_used}, "
+          f"vocabulary: {config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/"
+          f"{len(data.test)} words", flush=True)
     if any(data.unknown.values()):
         print("Outside the vocabulary, read as <unk>: " + ", ".join(f"{n} {split}" for split, n in
                                                                     data.unknown.items()) + " words", flush=True)
-    strategy = distribute.local_strategy(FLAGS.replicas) if FLAGS.replicas > 1 else None
+    replicas = None
+    if FLAGS.replicas > 1 or cluster:
+        replicas = distribute.Replicas(FLAGS.replicas, cluster, FLAGS.num_threads, FLAGS.worker_timeout)
     start = time.time()
-    Trainer(data, config, rnn_mode, precision, FLAGS.save_path, seed, pretrained, strategy).run(resume_from)
+    try:
+        Trainer(data, config, rnn_mode, precision, save_path, seed, pretrained, replicas).run(resume_from)
+    except tf.errors.OpError as e:
+        if cluster is None:
+            raise
+        kept = f"the last checkpoint in {save_path} is kept" if save_path else "worker 0 keeps the last checkpoint"
+        raise Stop(f"lost touch with the other workers ({distribute.error_cause(e)}); {kept}: restart every worker "
+                   "with the same command to resume", LOST)
     print(f"Wall time: {time.time() - start:.0f} s", flush=True)
 
 

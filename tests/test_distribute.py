@@ -1,9 +1,14 @@
 """Data-parallel training (distribute.py) computes what one process computes: the loss at every step, the
-weights after an epoch, the dropout masks, and checkpoints that resume with any replica count.
-Test config, real corpus; different graphs round differently, so the comparisons are to 1e-5 relative."""
+weights after an epoch, the dropout masks, and checkpoints that resume with any replica count; workers that
+stop or die end the others with one line. Test config, real corpus; different graphs round differently, so
+the comparisons are to 1e-5 relative. Every test that starts processes waits for them a bounded time and
+kills what is left."""
+import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -14,18 +19,18 @@ from conftest import ROOT, write_corpus
 from test_cli import assert_one_line_error, run as run_trainer
 from test_training import perplexities, start_and_stop
 
-# One process and two replicas train an epoch side by side, in a process of its own: logical CPU devices
-# can only be set up before TensorFlow's runtime starts, which any earlier test in this process has done.
-SIDE_BY_SIDE = """
-import json, sys
+# Trains one epoch and saves the loss of every step and the weights after it. In a process of its own: logical
+# CPU devices can only be set up before TensorFlow's runtime starts, which an earlier test may have done here.
+# argv: corpus, output file, seed, replicas, config fields (name=json value); TF_CONFIG makes it a worker.
+ONE_EPOCH = """
+import json, os, sys
 import numpy as np
 import configs, distribute, ptb_word_lm, reader
 from model import run_epoch
 from tf1 import tf
 
 ptb_word_lm.FLAGS(["ptb_word_lm.py"])
-data_path, out, options = sys.argv[1], sys.argv[2], sys.argv[3:]
-strategy = distribute.local_strategy(2)
+data_path, out, seed, count, options = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 data = reader.load_ptb(data_path)
 data = data._replace(train=data.train[:20000])
 config = configs.get_config("test")
@@ -33,56 +38,103 @@ config.vocab_size = len(data.vocab)
 for option in options:
     name, value = option.split("=")
     setattr(config, name, json.loads(value))
-results = {}
-for name, replicas in (("one", None), ("two", strategy)):
-    trainer = ptb_word_lm.Trainer(data, config, "fast", seed=5, strategy=replicas)
-    trainer.m.assign_lr(trainer.session, 1.0)
-    losses = []
-    run_epoch(trainer.session, trainer.m, data.train, trainer.m.train_op,
-              on_step=lambda position, vals, epoch_size: losses.append(vals["cost"]))
-    results[name + "_losses"] = np.array(losses)
-    with trainer.graph.as_default():
-        for v, value in zip(tf.trainable_variables(), trainer.session.run(tf.trainable_variables())):
-            results[name + ":" + v.op.name] = value
-np.savez(out, **results)
+cluster = distribute.read_tf_config(os.environ.get("TF_CONFIG", ""))
+replicas = distribute.Replicas(count, cluster, timeout=120) if count > 1 or cluster else None
+trainer = ptb_word_lm.Trainer(data, config, "fast", seed=seed, replicas=replicas)
+trainer.restore(None)  # with several workers, every worker takes the chief's weights and seed
+trainer.m.assign_lr(trainer.session, 1.0)
+losses = []
+run_epoch(trainer.session, trainer.m, data.train, trainer.m.train_op,
+          on_step=lambda position, vals, epoch_size: losses.append(vals["cost"]))
+with trainer.graph.as_default():
+    weights = dict(zip([v.op.name for v in tf.trainable_variables()], trainer.session.run(tf.trainable_variables())))
+np.savez(out, losses=np.array(losses), **weights)
 """
+
+
+def one_epoch(ptb_path, out, seed, replicas, options):
+    return [sys.executable, "-c", ONE_EPOCH, ptb_path, str(out), str(seed), str(replicas), *options]
+
+
+def assert_same_epoch(one_file, other_file):
+    one, other = np.load(one_file), np.load(other_file)
+    assert len(one["losses"]) == len(other["losses"]) == 499
+    np.testing.assert_allclose(other["losses"], one["losses"], rtol=1e-5)
+    assert one["losses"][-1] < 0.8 * one["losses"][0]  # it learned something, so the weights below moved
+    assert len(one.files) == 6  # the losses; the embedding, kernel, bias, softmax w and b
+    for name in one.files:
+        np.testing.assert_allclose(other[name], one[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 @pytest.mark.parametrize("options", [[], ["keep_prob=0.5"], ["keep_prob=0.6", "variational_dropout=true",
                                                               "word_keep_prob=0.8"]],
                          ids=["no-dropout", "dropout", "variational-and-word-dropout"])
 def test_two_replicas_give_the_loss_of_every_step_and_the_weights_of_one_process(ptb_path, tmp_path, options):
-    out = tmp_path / "results.npz"
-    result = subprocess.run([sys.executable, "-c", SIDE_BY_SIDE, ptb_path, str(out), *options], capture_output=True,
-                            text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr
-    results = np.load(out)
-    one, two = results["one_losses"], results["two_losses"]
-    assert len(one) == len(two) == 499
-    np.testing.assert_allclose(two, one, rtol=1e-5)
-    assert one[-1] < 0.8 * one[0]  # it learned something, so the weights below moved
-    names = [k[4:] for k in results.files if k.startswith("one:")]
-    assert len(names) == 5  # embedding, kernel, bias, softmax w and b
-    for name in names:
-        np.testing.assert_allclose(results["two:" + name], results["one:" + name], rtol=1e-5, atol=1e-7,
-                                   err_msg=name)
+    for replicas in (1, 2):
+        result = subprocess.run(one_epoch(ptb_path, tmp_path / f"{replicas}.npz", 5, replicas, options),
+                                capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert result.returncode == 0, result.stderr
+    assert_same_epoch(tmp_path / "1.npz", tmp_path / "2.npz")
+
+
+@contextlib.contextmanager
+def workers(commands):
+    """Starts one process a command, as workers 0, 1, ... of a cluster on 127.0.0.1 (TF_CONFIG); kills those left."""
+    sockets = [socket.socket() for _ in commands]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))  # a free port each, all at once so that they differ
+    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    processes = []
+    try:
+        for index, command in enumerate(commands):
+            tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+            processes.append(subprocess.Popen(command, env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)), cwd=ROOT,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+def test_two_workers_give_the_loss_of_every_step_and_the_weights_of_one_process(ptb_path, tmp_path):
+    """Worker 1 is given another seed: every worker takes the chief's weights and dropout seed."""
+    options = ["keep_prob=0.5"]
+    with workers([one_epoch(ptb_path, tmp_path / "w0.npz", 5, 1, options),
+                  one_epoch(ptb_path, tmp_path / "w1.npz", 7, 1, options)]) as processes:
+        alone = subprocess.run(one_epoch(ptb_path, tmp_path / "one.npz", 5, 1, options), capture_output=True,
+                               text=True, cwd=ROOT, timeout=600)
+        for process in processes:
+            _, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, stderr
+    assert alone.returncode == 0, alone.stderr
+    assert_same_epoch(tmp_path / "one.npz", tmp_path / "w0.npz")
+    assert_same_epoch(tmp_path / "one.npz", tmp_path / "w1.npz")
 
 
 FLAGS = ["--model=test", "--train_words=20000", "--max_max_epoch=2", "--seed=5", "--keep_prob=0.5"]
 
 
-def test_a_checkpoint_of_two_replicas_resumes_in_one_process(ptb_path, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(ptb_path):
+    """The perplexities of one process training FLAGS without a stop."""
+    result = run_trainer(f"--data_path={ptb_path}", *FLAGS)
+    assert result.returncode == 0, result.stderr
+    return perplexities(result.stdout)
+
+
+def test_a_checkpoint_of_two_replicas_resumes_in_one_process(ptb_path, tmp_path, uninterrupted):
     """Stopped inside epoch 1 with 2 replicas, resumed with 1 (the state of every row is in the checkpoint)."""
-    uninterrupted = run_trainer(f"--data_path={ptb_path}", *FLAGS)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr
     code, stderr = start_and_stop(ptb_path, tmp_path, signal.SIGTERM, r"Epoch: 1 Learning rate.*\n.*\n.*\n0\.2",
                                   "--replicas=2", flags=FLAGS)
     assert code == 128 + signal.SIGTERM, stderr
     resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"Resuming from .*: epoch 1, step [1-9]\d*", resumed.stdout)
-    expected = perplexities(uninterrupted.stdout)
-    assert perplexities(resumed.stdout) == pytest.approx(expected, rel=1e-5)
+    assert perplexities(resumed.stdout) == pytest.approx(uninterrupted, rel=1e-5)
     # and the other way: one process's checkpoint, at the end of epoch 1, resumed with 4 replicas
     again = run_trainer(f"--data_path={ptb_path}", *FLAGS[:2], "--max_max_epoch=1", *FLAGS[3:],
                         f"--save_path={tmp_path}/one")
@@ -90,12 +142,122 @@ def test_a_checkpoint_of_two_replicas_resumes_in_one_process(ptb_path, tmp_path)
     four = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={tmp_path}/one", "--replicas=4")
     assert four.returncode == 0, four.stderr
     assert re.search(r"Resuming from .*: epoch 2, step 0", four.stdout)
-    assert perplexities(four.stdout) == pytest.approx(expected, rel=1e-5)
+    assert perplexities(four.stdout) == pytest.approx(uninterrupted, rel=1e-5)
+
+
+def trainer(ptb_path, save_path):
+    """The command every worker of a run is given."""
+    return [sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_path}", *FLAGS,
+            f"--save_path={save_path}", "--checkpoint_minutes=0.002", "--worker_timeout=60"]
+
+
+def signal_when(process, pattern, signum):
+    """Sends `signum` to the process once its output has a line matching `pattern`."""
+    for line in process.stdout:
+        if re.search(pattern, line):
+            process.send_signal(signum)
+            return
+    pytest.fail(f"the process ended before printing {pattern}")
+
+
+def test_killing_a_worker_stops_the_other_with_one_line_and_the_checkpoint_resumes(ptb_path, tmp_path,
+                                                                                   uninterrupted):
+    save_path = tmp_path / "run"
+    with workers([trainer(ptb_path, save_path)] * 2) as (chief, other):
+        signal_when(other, r"^0\.2", signal.SIGKILL)
+        _, stderr = chief.communicate(timeout=180)  # --worker_timeout=60 at most, if not sooner
+    assert chief.returncode == 4, stderr
+    assert re.fullmatch(r"Stopped: lost touch with the other workers \(.+\); the last checkpoint in .*run is kept: "
+                        r"restart every worker with the same command to resume\n", stderr), stderr
+    resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={save_path}")  # in one process
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"Resuming from .*: epoch 1, step [1-9]\d*", resumed.stdout)
+    assert perplexities(resumed.stdout) == pytest.approx(uninterrupted, rel=1e-5)
+
+
+def test_ctrl_c_on_a_worker_stops_both_after_one_step_the_chief_saving_and_both_resume(ptb_path, tmp_path,
+                                                                                      uninterrupted):
+    save_path = tmp_path / "run"
+    with workers([trainer(ptb_path, save_path)] * 2) as (chief, other):
+        signal_when(other, r"^0\.2", signal.SIGINT)
+        _, other_stderr = other.communicate(timeout=180)
+        _, chief_stderr = chief.communicate(timeout=180)
+    assert other.returncode == 128 + signal.SIGINT, other_stderr
+    stopped = re.fullmatch(r"Stopped: stopped by signal 2; worker 0 saved epoch 1, step (\d+): rerun the same command "
+                           r"on every worker to resume\n", other_stderr)
+    assert stopped, other_stderr
+    assert chief.returncode == 4, chief_stderr
+    assert chief_stderr == (f"Stopped: stopped as another worker was; saved epoch 1, step {stopped.group(1)} to "
+                            f"{save_path}: rerun the same command on every worker to resume\n")
+    with workers([trainer(ptb_path, save_path)] * 2) as processes:
+        outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+        assert re.search(rf"Resuming from .*: epoch 1, step {stopped.group(1)}\n", stdout)
+        assert perplexities(stdout) == pytest.approx(uninterrupted, rel=1e-5)
+
+
+def test_ctrl_c_while_waiting_for_the_other_workers_ends_at_once(ptb_path, tmp_path):
+    """Worker 0 alone: its initializers wait for worker 1 (10 minutes); a signal ends it at once all the same."""
+    with workers([trainer(ptb_path, tmp_path / "run"), ["true"]]) as (chief, _):
+        signal_when(chief, r"^Waiting for the 2 workers to start", signal.SIGINT)
+        _, stderr = chief.communicate(timeout=120)
+    assert chief.returncode == 128 + signal.SIGINT, stderr
+    assert re.fullmatch(r"error: stopped by signal 2 \(SIGINT\)\n", stderr)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def run_with_tf_config(tf_config, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=dict(os.environ, TF_CONFIG=tf_config))
+
+
+TWO = '"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}'
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", r"^error: TF_CONFIG is not JSON \(.*\): give TF_CONFIG like '\{\"cluster\""),
+    ('{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief", "index": 0}}',
+     r"^error: TF_CONFIG's cluster must name workers only \(worker 0 is the chief\)"),
+    ('{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", "index": 0}}',
+     r"^error: TF_CONFIG's workers must be a list of host:port addresses"),
+    ('{"cluster": {"worker": ["a:1", "a:1"]}, "task": {"type": "worker", "index": 0}}',
+     r"^error: TF_CONFIG names an address twice \(a:1, a:1\): give each worker its own port$"),
+    ("{%s, \"task\": {\"type\": \"worker\", \"index\": 2}}" % TWO,
+     r"^error: TF_CONFIG's task must be \{\"type\": \"worker\", \"index\": i\} with i from 0 to 1"),
+    ('{"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 0}}',
+     r"^error: --replicas=1 x 3 workers = 3 replicas do not divide batch_size=20"),
+    ("{%s, \"task\": {\"type\": \"worker\", \"index\": 1}}" % TWO,  # --replicas=2 below
+     r"^error: --replicas=2: with TF_CONFIG each worker runs one replica a GPU, and on a machine without GPUs one"),
+])
+def test_a_malformed_tf_config_is_refused_at_start_with_one_line(tmp_path, tf_config, message):
+    corpus = write_corpus(tmp_path / "corpus", " a b c d e f g h\n" * 40)
+    replicas = ["--replicas=2"] if "index\": 1" in tf_config else []
+    result = run_with_tf_config(tf_config, f"--data_path={corpus}", "--model=test", f"--save_path={tmp_path}/run",
+                                *replicas)
+    assert result.returncode == 2
+    assert_one_line_error(result, message)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_worker_whose_port_is_taken_says_so(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", " a b c d e f g h\n" * 40)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
+        result = run_with_tf_config(json.dumps(tf_config), f"--data_path={corpus}", "--model=test",
+                                    f"--save_path={tmp_path}/run")
+    assert result.returncode == 2
+    assert_one_line_error(result, rf"^error: worker 0 cannot serve on 127.0.0.1:{port} \(.*\): give TF_CONFIG a free "
+                                  "port for it$")
+    assert not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.parametrize("args, message", [
     (["--replicas=3"], r"^error: --replicas=3 does not divide batch_size=20: each replica takes an equal share of "
-                       r"the batch; give a divisor of 20$"),
+                       r"the batch; use a replica count that divides 20$"),
     (["--replicas=0"], r"^error: flag --replicas=0: give an integer from 1 to 1024;"),
     (["--replicas=2", "--rnn_mode=basic", "--keep_prob=0.5"], r"^error: --replicas with dropout needs the LSTM in "
                                                               r"block or fast mode"),
