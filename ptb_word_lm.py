@@ -78,7 +78,8 @@ flags.DEFINE_integer("test_window", 100, "Window length of the test pass (batch 
                      "the tutorial's num_steps=1 result, longer windows just run faster. Not in basic mode.")
 flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per core).")
 flags.DEFINE_integer("replicas", 1, "Split each training batch over this many devices of this machine (its GPUs, "
-                     "else logical CPU devices), synchronously: the same numbers as one (distribute.py).")
+                     "else logical CPU devices), synchronously: the same numbers as one (distribute.py). With "
+                     "TF_CONFIG naming several workers, the replicas of each worker: its GPUs, or 1.")
 flags.DEFINE_float("worker_timeout", 120, "With TF_CONFIG (several workers): a worker stops when a step waits this "
                    "many seconds for the others (at start it waits 10 minutes for them).")
 FLAGS = flags.FLAGS
