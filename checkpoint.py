@@ -5,6 +5,7 @@ and the vocabulary, one word a line (line n is word id n).
     runs/small/checkpoint      which of them is the latest (a name relative to the folder)
     runs/small/config.json    hyperparameters
     runs/small/vocab.txt      the vocabulary
+    runs/small/adapt.json     (after lm.py tune) the test-time adaptation chosen for these weights
 
 Only the folder's own files are ever read: the folder can be moved or copied, and a
 `checkpoint` index that still names another folder (written by an older version with an
@@ -21,10 +22,11 @@ import reader
 from tf1 import tf
 
 CKPT, CONFIG, VOCAB, INDEX = "model.ckpt", "config.json", "vocab.txt", "checkpoint"
+ADAPT = "adapt.json"  # what lm.py tune chose for the folder's weights (adapt.py), read by lm.py eval --adapt=tuned
 
-# What a training run (and lm.py projector) writes into its folder; anything else is the user's.
+# What a training run (and lm.py projector and tune) writes into its folder; anything else is the user's.
 RUN_FILES = re.compile(r"(checkpoint|config\.json|vocab\.txt|metrics\.jsonl|perplexity\.png|projector_config\.pbtxt"
-                       r"|metadata\.tsv)(\.tmp.*)?|model\.ckpt-.*|events\.out\.tfevents\..*|\.write-test")
+                       r"|metadata\.tsv|adapt\.json)(\.tmp.*)?|model\.ckpt-.*|events\.out\.tfevents\..*|\.write-test")
 
 
 class CheckpointError(reader.DataError):
