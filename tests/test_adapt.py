@@ -16,22 +16,12 @@ import pytest
 import adapt
 import checkpoint
 import lm
-from conftest import ROOT, write_corpus
+from conftest import ROOT
 from model import PTBModel
 from test_bad_input import snapshot
-from test_cli import assert_one_line_error, run as run_trainer
-from test_lm import run_lm, sentences
+from test_cli import assert_one_line_error
+from test_lm import run_lm, trained  # noqa: F401 (trained: the fixture, a checkpoint folder and its corpus)
 from tf1 import tf
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(checkpoint folder, corpus folder)."""
-    root = tmp_path_factory.mktemp("adapt")
-    corpus = write_corpus(root / "corpus", sentences(0, 300), sentences(1, 30), sentences(2, 30))
-    result = run_trainer(f"--data_path={corpus}", "--model=test", f"--save_path={root}/ckpt", "--seed=1")
-    assert result.returncode == 0, result.stderr
-    return str(root / "ckpt"), corpus
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +116,8 @@ def test_lambda_zero_and_no_step_give_the_static_eval(trained, model, adapter):
 
 
 def reference_step(config, start, x, y, state):
-    """(gradient of the window's mean loss at the weights `start`, final state), by tf.gradients in a graph of its
-    own: rnn_mode block, whose gradient is TensorFlow's BlockLSTMGrad (the adapter's is fast_block_lstm's)."""
+    """(gradient of the window's mean loss at the weights `start`, log p(target), final state), by tf.gradients in a
+    graph of its own: rnn_mode block, whose gradient is TensorFlow's BlockLSTMGrad (the adapter's is fast's)."""
     graph = tf.Graph()
     with graph.as_default(), tf.variable_scope("Model"):
         m = PTBModel(False, config, 1, len(x), rnn_mode="block")
@@ -137,8 +127,8 @@ def reference_step(config, start, x, y, state):
         for v in variables:
             v.load(start[v.op.name], session)
         feed = {m.input_data: [x], m.targets: [y], m.initial_state: state}
-        grads, final_state = session.run([grads, m.final_state], feed)
-    return {v.op.name: g for v, g in zip(variables, grads)}, final_state
+        grads, losses, final_state = session.run([grads, m.word_losses, m.final_state], feed)
+    return {v.op.name: g for v, g in zip(variables, grads)}, -losses[0], final_state
 
 
 def test_a_window_takes_one_sgd_step_and_the_decay_pulls_back_from_the_second(model, adapter):
@@ -150,22 +140,27 @@ def test_a_window_takes_one_sgd_step_and_the_decay_pulls_back_from_the_second(mo
     model_, updates = adapter.stepper(n)
 
     def run_windows(count):
-        """The adapter's weights after `count` windows read from the trained weights."""
+        """(log p(target) the adapter scored, its weights after) for `count` windows read from the trained weights."""
         adapter.session.run(adapter.back_to_trained)
-        adapter.read(ids[:count * n + 1], n, lambda length: (model_, updates[True]), feed={adapter.lr: lr,
-                                                                                           adapter.decay: decay})
+        log_p, _ = adapter.read(ids[:count * n + 1], n, lambda length: (model_, updates[True]),
+                                feed={adapter.lr: lr, adapter.decay: decay})
         got = weights(adapter)
         adapter.session.run(adapter.back_to_trained)
-        return got
+        return log_p, got
 
     theta_0 = weights(adapter)
-    g_0, state = reference_step(model.config, theta_0, *windows[0], np.zeros([layers, 2, 1, size], np.float32))
+    g_0, log_p_0, state = reference_step(model.config, theta_0, *windows[0],
+                                         np.zeros([layers, 2, 1, size], np.float32))
     theta_1 = {k: theta_0[k] - lr * g_0[k] for k in theta_0}
-    g_1, _ = reference_step(model.config, theta_1, *windows[1], state)
+    g_1, log_p_1, _ = reference_step(model.config, theta_1, *windows[1], state)
     theta_2 = {k: theta_1[k] - lr * g_1[k] + decay * (theta_0[k] - theta_1[k]) for k in theta_0}
     assert max(np.abs(lr * g).max() for g in g_0.values()) > 1e-2  # steps far above the tolerance
     assert max(np.abs(decay * (theta_0[k] - theta_1[k])).max() for k in theta_0) > 1e-3
-    for got, expected in ((run_windows(1), theta_1), (run_windows(2), theta_2)):
+    # Each window is scored with the weights before its step: window 1 with theta_0, window 2 with theta_1.
+    scored, _ = run_windows(2)
+    np.testing.assert_allclose(scored, np.concatenate([log_p_0, log_p_1]), rtol=1e-5, atol=1e-6)
+    assert np.abs(reference_step(model.config, theta_0, *windows[1], state)[1] - log_p_1).max() > 1e-4  # not theta_0
+    for (_, got), expected in ((run_windows(1), theta_1), (run_windows(2), theta_2)):
         assert set(got) == set(expected)
         for name in expected:
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -174,7 +169,7 @@ def test_a_window_takes_one_sgd_step_and_the_decay_pulls_back_from_the_second(mo
 # --- lm.py eval and tune, as a user runs them -------------------------------------------------------
 
 def test_eval_flags_and_the_folder_unchanged(trained):
-    save_path, corpus = trained
+    save_path, corpus, _ = trained
     before = snapshot(save_path)
     text = f"--input={corpus}/ptb.test.txt"
     static = perplexity_printed(run_lm("eval", f"--save_path={save_path}", text))
@@ -197,7 +192,7 @@ def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
     tuned = run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt")
     assert tuned.returncode == 0, tuned.stderr
     passes = adapt.DYNAMIC_PASSES
-    assert re.search(rf"^dynamic {passes}/{passes}: ", tuned.stdout, re.M) and "cache, finer: theta=" in tuned.stdout
+    assert re.search(rf"^dynamic {passes}/{passes}: ", tuned.stdout, re.M) and "cache, finer: size=" in tuned.stdout
     after = snapshot(folder)
     after.pop(os.path.join(folder, checkpoint.ADAPT))
     with open(os.path.join(folder, checkpoint.ADAPT)) as f:
