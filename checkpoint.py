@@ -65,8 +65,9 @@ def steps(save_path):
 
 
 def remove_older(save_path, keep):
-    """Removes all but the `keep` newest checkpoints: their .index last, so that a removal cut short is redone."""
-    for step in steps(save_path)[:-keep]:
+    """Removes all but the `keep` newest checkpoints (0: none, as for the Saver): their .index last, so that a
+    removal cut short is redone."""
+    for step in steps(save_path)[:-keep] if keep else []:
         for path in sorted(glob.glob(os.path.join(save_path, f"{CKPT}-{step}.*")), key=lambda p: p.endswith(".index")):
             os.remove(path)
 

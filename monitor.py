@@ -42,9 +42,11 @@ class RunLog:
         try:
             flush()
         except Exception as e:  # whatever the thread met: an OSError, a TensorFlow error ("FILE; No space left ...")
-            file, _, cause = str(e).splitlines()[0].rpartition("; ")
-            raise OSError(0, cause, file) if file else \
-                OSError(0, f"the TensorBoard summaries could not be written ({cause})", self.save_path)
+            file, _, cause = (str(e).splitlines() or [type(e).__name__])[0].rpartition("; ")
+            if os.path.basename(file).startswith("events.out.tfevents"):
+                raise OSError(0, cause, file)
+            raise OSError(0, f"the TensorBoard summaries could not be written ({file + '; ' if file else ''}{cause})",
+                          self.save_path)
 
     def epoch(self, record):
         """Adds (or, for an epoch redone after a resume, replaces) an epoch's line, and redraws the plot."""
