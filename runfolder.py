@@ -1,7 +1,7 @@
 """A training run's folder (--save_path): owned by one training at a time, and known by what a run wrote.
 
-    runs/small/run.json   written first, before any other file of the run: who wrote it, the config's name,
-                          and how many training words make an epoch
+    runs/small/run.json   written when a run takes the folder, before any of its other files: who wrote it,
+                          the config's name, and how many training words make an epoch
     runs/small/.lock      an empty file, locked (fcntl.flock) by the training writing the folder for its life
     ...                   the checkpoint (checkpoint.py) and what the run is watched by (monitor.py)
 
