@@ -331,7 +331,7 @@ def train():
     resume_from = FLAGS.save_path and runfolder.check(FLAGS.save_path, config, data.vocab, len(data.train))
     rnn_mode = FLAGS.rnn_mode or default_rnn_mode()
     precision = "fp16" if FLAGS.use_fp16 else FLAGS.precision
-    seed = FLAGS.seed if FLAGS.seed is not None else int(np.random.randint(2 ** 31))
+    seed = runfolder.seed(resume_from, FLAGS.seed, lambda: int(np.random.randint(2 ** 31)))
     pretrained = None
     if FLAGS.embedding_file and not resume_from:
         pretrained = embeddings.load_glove(FLAGS.embedding_file, data.vocab, config.embedding_size or

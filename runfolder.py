@@ -20,8 +20,9 @@ import os
 
 import configs
 import monitor
-from checkpoint import CONFIG, RUN_FILES, VOCAB, CheckpointError, latest, read_config, read_vocab, \
-    write_atomically
+from checkpoint import (CONFIG, RUN_FILES, VOCAB, CheckpointError, latest, read_config, read_vocab, unreadable,
+                        write_atomically)
+from tf1 import tf
 
 MARKER, LOCK, PROGRAM = "run.json", ".lock", "ptb_word_lm.py"
 _held = []  # the lock files this process holds: open, hence locked, until it ends
@@ -119,3 +120,24 @@ def _check(save_path, config, vocab, train_words):
         raise CheckpointError(f"{os.path.join(save_path, monitor.METRICS)} is not one this program wrote ({e}): "
                               "give another --save_path")
     return prefix, marker
+
+
+SEED_VARIABLE = "Model/Train/dropout_seed"  # model.dropout_seed(): the run's seed, saved with the weights
+
+
+def seed(prefix, flag_seed, draw):
+    """The run's seed: a resumed run's own (its dropout masks go on from it), else --seed or draw().
+
+    A resume given another --seed is refused: the checkpoint's seed would win in silence.
+    """
+    if not prefix:
+        return flag_seed if flag_seed is not None else draw()
+    try:
+        saved = int(tf.train.load_variable(prefix, SEED_VARIABLE))
+    except (tf.errors.OpError, ValueError) as e:
+        raise unreadable(prefix, e)
+    if flag_seed is not None and flag_seed != saved:
+        raise CheckpointError(f"{os.path.dirname(prefix)} holds a run with --seed={saved}, the command asks for "
+                              f"--seed={flag_seed}: resume with --seed={saved} (or without --seed), or give another "
+                              "--save_path")
+    return saved

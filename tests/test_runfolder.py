@@ -198,3 +198,20 @@ def test_temporary_files_are_named_for_their_write(tmp_path):
     assert failed.value.filename == str(tmp_path / "config.json")  # the file the user knows, not the temporary one
     assert sorted(os.listdir(tmp_path)) == ["config.json", "config.json.tmp"]
     assert (tmp_path / "config.json").read_text() == "new\n"
+
+
+def test_a_resume_keeps_its_seed_and_refuses_another(corpus, alone, tmp_path):
+    """The seed is saved with the weights: a resume without --seed goes on with it, and says so; with another
+    --seed it is refused before anything is written, since the saved seed would silently win."""
+    save_path = tmp_path / "run"
+    shutil.copytree(alone[1], save_path)
+    before = snapshot(save_path)
+    refused = run_trainer(f"--data_path={corpus}", "--model=test", "--seed=4", "--max_max_epoch=3",
+                          f"--save_path={save_path}")
+    assert (refused.returncode, refused.stderr) == (2, f"error: {save_path} holds a run with --seed=3, the command "
+                                                       "asks for --seed=4: resume with --seed=3 (or without --seed), "
+                                                       "or give another --save_path\n")
+    assert snapshot(save_path) == before
+    resumed = run_trainer(f"--data_path={corpus}", "--model=test", "--max_max_epoch=3", f"--save_path={save_path}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "seed: 3," in resumed.stdout
