@@ -1,4 +1,4 @@
-"""What the two programs (ptb_word_lm.py, lm.py) share at their edge with the user.
+"""What the programs (ptb_word_lm.py, lm.py, benchmark.py) share at their edge with the user.
 
 - Every flag's allowed values, checked when the command line is parsed: before a corpus is
   read or a graph is built. Flags that set a config field take their range from
@@ -9,40 +9,12 @@
   Inside `signals_deferred()` (the training loop) a signal is only recorded, so that the
   trainer can save before it stops.
 
-This module imports no TensorFlow, so that it is in place before TensorFlow's slow import.
+This module imports no TensorFlow, so that it is in place before TensorFlow's slow import, and
+it installs its signal handler before it imports anything else: each program imports it first.
 """
-import contextlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
-
-from absl import app, flags
-
-import configs
-
-USAGE, WRITE = 2, 1  # exit codes: a bad input; a failed write (full disk, permissions)
-
-# flag: (kind, test, the allowed values in words), for the flags that are not config fields.
-RANGES = {
-    "seed": ("integer", lambda v: 0 <= v < 2 ** 31, "from 0 to 2147483647"),
-    "max_vocab": ("integer", lambda v: v >= 3, "of at least 3 (<eos>, <unk> and one word)"),
-    "train_words": ("integer", lambda v: v >= 1, "of at least 1"),
-    "checkpoint_minutes": ("number", lambda v: v > 0, "above 0"),
-    "test_window": ("integer", lambda v: v >= 1, "of at least 1"),
-    "num_threads": ("integer", lambda v: 0 <= v <= 1024, "from 0 (one per core) to 1024"),
-    "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
-    "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
-    "top_k": ("integer", lambda v: v >= 1, "of at least 1"),
-    # lm.py eval's test-time adaptation (adapt.py); lm.py tune checks the values it reads back from adapt.json here too.
-    "cache_size": ("integer", lambda v: v >= 1, "of at least 1 (the positions the cache holds)"),
-    "cache_theta": ("number", lambda v: v >= 0, "of at least 0"),
-    "cache_lambda": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
-    "dynamic_lr": ("number", lambda v: 0 <= v <= configs.FLOAT32_MAX, "from 0 to 3.4e38"),
-    "dynamic_decay": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
-    "dynamic_window": ("integer", lambda v: v >= 1, "of at least 1"),
-}
 
 
 class Interrupted(BaseException):
@@ -70,6 +42,38 @@ def _on_signal(signum, frame):
 
 for _signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signum, _on_signal)
+
+# Only now the rest: absl alone takes tens of milliseconds to import.
+import contextlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+import configs  # noqa: E402
+
+USAGE, WRITE = 2, 1  # exit codes: a bad input; a failed write (full disk, permissions)
+
+# flag: (kind, test, the allowed values in words), for the flags that are not config fields.
+RANGES = {
+    "seed": ("integer", lambda v: 0 <= v < 2 ** 31, "from 0 to 2147483647"),
+    "max_vocab": ("integer", lambda v: v >= 3, "of at least 3 (<eos>, <unk> and one word)"),
+    "train_words": ("integer", lambda v: v >= 1, "of at least 1"),
+    "checkpoint_minutes": ("number", lambda v: v > 0, "above 0"),
+    "test_window": ("integer", lambda v: v >= 1, "of at least 1"),
+    "num_threads": ("integer", lambda v: 0 <= v <= 1024, "from 0 (one per core) to 1024"),
+    "steps": ("integer", lambda v: v >= 1, "of at least 1"),
+    "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
+    "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
+    "top_k": ("integer", lambda v: v >= 1, "of at least 1"),
+    # lm.py eval's test-time adaptation (adapt.py); lm.py eval --adapt=tuned checks adapt.json's values here too.
+    "cache_size": ("integer", lambda v: v >= 1, "of at least 1 (the positions the cache holds)"),
+    "cache_theta": ("number", lambda v: v >= 0, "of at least 0"),
+    "cache_lambda": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "dynamic_lr": ("number", lambda v: 0 <= v <= configs.FLOAT32_MAX, "from 0 to 3.4e38"),
+    "dynamic_decay": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "dynamic_window": ("integer", lambda v: v >= 1, "of at least 1"),
+}
 
 
 @contextlib.contextmanager
@@ -133,6 +137,8 @@ def range_error(name, value):
 def _parse(argv):
     try:
         return flags.FLAGS(argv)
+    except SystemExit:  # only --help (and --helpfull, ...) exit while parsing, with 1 after printing the help
+        sys.exit(0)
     except flags.Error as e:
         fail(f"{e}; python {os.path.basename(argv[0])} --help lists the flags")
 

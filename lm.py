@@ -72,7 +72,7 @@ class LanguageModel:
     """A trained model restored from its checkpoint folder, reading one text (batch of 1) at a time."""
 
     def __init__(self, save_path, batch_size=1):
-        self.config, self.vocab, self.prefix = checkpoint.load(save_path)
+        self.config, self.vocab, _ = checkpoint.load(save_path)
         self.word_to_id = {w: i for i, w in enumerate(self.vocab)}
         self.graph = tf.Graph()
         with self.graph.as_default(), tf.variable_scope("Model"):
@@ -80,7 +80,12 @@ class LanguageModel:
         self.session = tf.Session(graph=self.graph)
         with self.graph.as_default():
             saver = tf.train.Saver(self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES))
-        checkpoint.restore(self.session, saver, self.prefix)
+
+        def restore(prefix):
+            checkpoint.restore(self.session, saver, prefix)
+            return prefix
+
+        self.prefix = checkpoint.read_latest(save_path, restore)  # the weights read (lm.py tune names them)
 
     @property
     def eos(self):
@@ -118,11 +123,15 @@ class LanguageModel:
 
 
 def sample(log_probs, temperature, top_k, rng):
-    """A word id drawn from softmax(log_probs / temperature), among the top_k likeliest only."""
-    logits = log_probs.astype(np.float64) / temperature
+    """A word id drawn from softmax(log_probs / temperature), among the top_k likeliest only.
+
+    The likeliest word's log-probability is subtracted before dividing, so that the largest logit
+    is 0 at any temperature: a temperature near 0 picks the likeliest word, never NaN."""
+    with np.errstate(over="ignore"):  # far below the likeliest, exp() of it is 0 anyway
+        logits = (log_probs.astype(np.float64) - log_probs.max()) / temperature
     if top_k is not None and top_k < len(logits):
         logits[np.argsort(logits)[:-top_k]] = -np.inf
-    p = np.exp(logits - logits.max())
+    p = np.exp(logits)
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
@@ -178,7 +187,10 @@ def export(save_path, export_dir):
         except tf.errors.OpError as e:  # a full disk
             raise OSError(0, checkpoint.error_summary(e), export_dir)
         for name in (checkpoint.VOCAB, checkpoint.CONFIG):
-            shutil.copy(os.path.join(save_path, name), folder)
+            try:
+                shutil.copy(os.path.join(save_path, name), folder)
+            except OSError as e:  # shutil names the file copied from; the one that could not be written is ours
+                raise OSError(e.errno, e.strerror, export_dir) from e
     return export_dir
 
 
@@ -279,8 +291,16 @@ def tuned_adaptation(lm):
 
 
 def learned_embedding(save_path):
-    _, vocab, prefix = checkpoint.load(save_path)
-    return tf.train.load_variable(prefix, embeddings.EMBEDDING), vocab
+    _, vocab, _ = checkpoint.load(save_path)
+
+    def read(prefix):
+        checkpoint.check_finite(prefix)
+        try:
+            return tf.train.load_variable(prefix, embeddings.EMBEDDING)
+        except tf.errors.OpError as e:
+            raise checkpoint.unreadable(prefix, e)
+
+    return checkpoint.read_latest(save_path, read), vocab
 
 
 def run(command):

@@ -31,6 +31,7 @@ import configs
 import embeddings
 import monitor
 import reader
+import runfolder
 from model import (MAX_LOG_FLOAT, PRECISIONS, RNN_MODES, Position, PTBModel, check_options, check_rnn_mode,
                    default_rnn_mode, dropout_seed, run_epoch)
 from tf1 import session_config, tf
@@ -137,10 +138,10 @@ class Trainer:
             self.session = tf.Session(config=session_config(FLAGS.num_threads))
             self.session.run(tf.global_variables_initializer())
             self.session.run(seed_var.assign(seed))
-        self.log = monitor.RunLog(save_path)
+        self.log = monitor.RunLog(save_path, FLAGS.model)
 
     def restore(self, prefix):
-        """Resumes from checkpoint `prefix`, if any (checked by checkpoint.check_run_folder): (epoch, position)."""
+        """Resumes from checkpoint `prefix`, if any (checked by runfolder.check): (epoch, position)."""
         if not prefix:
             self.load_pretrained()
             return 0, None
@@ -175,7 +176,10 @@ class Trainer:
         self.last_save = time.time()
 
     def diverged(self, what):
-        kept = f"the last good checkpoint in {self.save_path} is kept" if self.save_path else "nothing was saved"
+        if self.save_path and checkpoint.latest(self.save_path):
+            kept = f"the last good checkpoint in {self.save_path} is kept"
+        else:
+            kept = "nothing was saved" + (" (it diverged before its first checkpoint)" if self.save_path else "")
         raise Stop(f"{what}: training stopped, {kept}; lower --learning_rate", 3)
 
     def run(self, resume_from=None):
@@ -194,7 +198,7 @@ class Trainer:
         if not math.isfinite(test_perplexity):
             self.diverged(f"the test perplexity is {test_perplexity}")
         print(f"Test Perplexity: {test_perplexity:.3f}", flush=True)
-        self.log.scalars(config.max_max_epoch, test_perplexity=test_perplexity)
+        self.log.test(self.session.run(self.global_step), test_perplexity)
         self.log.close()
         return test_perplexity
 
@@ -297,14 +301,17 @@ def load_data_and_config():
     check_options(config, FLAGS.rnn_mode or default_rnn_mode())
     if FLAGS.embedding_file:
         reader.check_readable(FLAGS.embedding_file, "--embedding_file", "a GloVe text file")
-    data = reader.load_ptb(FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data")), FLAGS.max_vocab)
+    data_path = FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data"))
+    data = reader.load_ptb(data_path, FLAGS.max_vocab)
+    train, valid, test = reader.split_paths(data_path)
     if FLAGS.train_words:
         data = data._replace(train=data.train[:FLAGS.train_words])
+        train += f" (--train_words={FLAGS.train_words})"
     config.vocab_size = len(data.vocab)
     configs.check(config)
-    reader.epoch_size(len(data.train), config.batch_size, config.num_steps)
-    reader.epoch_size(len(data.valid), config.batch_size, config.num_steps)
-    reader.epoch_size(len(data.test), 1, 1)
+    reader.epoch_size(len(data.train), config.batch_size, config.num_steps, train)
+    reader.epoch_size(len(data.valid), config.batch_size, config.num_steps, valid)
+    reader.epoch_size(len(data.test), 1, 1, test)
     return data, config
 
 
@@ -321,16 +328,18 @@ def main(argv):
 
 def train():
     data, config = load_data_and_config()
-    resume_from = FLAGS.save_path and checkpoint.check_run_folder(FLAGS.save_path, config, data.vocab)
+    resume_from = FLAGS.save_path and runfolder.check(FLAGS.save_path, config, data.vocab, len(data.train))
     rnn_mode = FLAGS.rnn_mode or default_rnn_mode()
     precision = "fp16" if FLAGS.use_fp16 else FLAGS.precision
-    seed = FLAGS.seed if FLAGS.seed is not None else int(np.random.randint(2 ** 31))
+    seed = runfolder.seed(resume_from, FLAGS.seed, lambda: int(np.random.randint(2 ** 31)))
     pretrained = None
     if FLAGS.embedding_file and not resume_from:
         pretrained = embeddings.load_glove(FLAGS.embedding_file, data.vocab, config.embedding_size or
                                            config.hidden_size)
         print(f"Embedding: {pretrained[1].sum()} of {len(data.vocab)} words ({pretrained[1].mean():.1%}) start "
               f"from {FLAGS.embedding_file}", flush=True)
+    if FLAGS.save_path:  # every input checked: from here on the folder is this run's
+        resume_from = runfolder.claim(FLAGS.save_path, config, data.vocab, len(data.train), FLAGS.model)
     print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, seed: {seed}, vocabulary: "
           f"{config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/{len(data.test)} "
           "words", flush=True)

@@ -16,6 +16,7 @@ import pytest
 import adapt
 import checkpoint
 import lm
+import runfolder
 from conftest import ROOT
 from model import PTBModel
 from test_bad_input import snapshot
@@ -216,8 +217,8 @@ def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
     assert perplexity_printed(applied) == pytest.approx(adapt.evaluate(adapter, test, ours), abs=0.0015)
     assert applied.stdout.strip().endswith("with --cache_size=3 --cache_theta=0.25 --cache_lambda=0.4")
     # A training run resumes on a tuned folder: adapt.json is one of the files runs write.
-    config, vocab, _ = checkpoint.load(folder)
-    assert checkpoint.check_run_folder(folder, config, vocab)
+    config, vocab, prefix = checkpoint.load(folder)
+    assert runfolder.check(folder, config, vocab, runfolder.read_marker(folder)["train_words"]) == prefix
 
 
 def test_eval_tuned_refuses_a_bad_adapt_json(trained, folder):
