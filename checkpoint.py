@@ -5,6 +5,7 @@ and the vocabulary, one word a line (line n is word id n).
     runs/small/checkpoint      which of them is the latest (a name relative to the folder)
     runs/small/config.json    hyperparameters
     runs/small/vocab.txt      the vocabulary
+    runs/small/adapt.json     (after lm.py tune) the test-time adaptation chosen for these weights
 
 Only the folder's own files are ever read: the folder can be moved or copied, and a
 `checkpoint` index that still names another folder (written by an older version with an
@@ -25,6 +26,7 @@ import reader
 from tf1 import tf
 
 CKPT, CONFIG, VOCAB, INDEX = "model.ckpt", "config.json", "vocab.txt", "checkpoint"
+ADAPT = "adapt.json"  # what lm.py tune chose for the folder's weights (adapt.py), read by lm.py eval --adapt=tuned
 
 # What a training run (and lm.py projector and tune) writes into its folder, with the temporary names of
 # write_atomically; anything else is the user's. runfolder.py says which of these folders a run wrote.

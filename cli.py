@@ -66,6 +66,13 @@ RANGES = {
     "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
     "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
     "top_k": ("integer", lambda v: v >= 1, "of at least 1"),
+    # lm.py eval's test-time adaptation (adapt.py); lm.py eval --adapt=tuned checks adapt.json's values here too.
+    "cache_size": ("integer", lambda v: v >= 1, "of at least 1 (the positions the cache holds)"),
+    "cache_theta": ("number", lambda v: v >= 0, "of at least 0"),
+    "cache_lambda": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "dynamic_lr": ("number", lambda v: 0 <= v <= configs.FLOAT32_MAX, "from 0 to 3.4e38"),
+    "dynamic_decay": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "dynamic_window": ("integer", lambda v: v >= 1, "of at least 1"),
 }
 
 
@@ -104,14 +111,27 @@ def new_folder(path, flag):
         shutil.rmtree(top if created and not os.path.exists(path) else scratch, ignore_errors=True)
 
 
+def _in_range(value, test):
+    return value is None or (value == value and abs(value) != float("inf") and test(value))
+
+
+def _advice(kind, allowed):
+    return f"give {'an integer' if kind == 'integer' else 'a number'} {allowed}"
+
+
 def _check_ranges():
     """Registers a validator for each defined flag that has a range (absl runs them at parse time)."""
     table = {**{k: v for k, v in configs.FIELDS.items() if v[1] is not None}, **RANGES}
     for name, (kind, test, allowed) in table.items():
         if name in flags.FLAGS:
-            message = f"give {'an integer' if kind == 'integer' else 'a number'} {allowed}"
-            flags.register_validator(name, lambda v, test=test: v is None or (v == v and abs(v) != float("inf")
-                                                                             and test(v)), message=message)
+            flags.register_validator(name, lambda v, test=test: _in_range(v, test), message=_advice(kind, allowed))
+
+
+def range_error(name, value):
+    """What is wrong with `value` for the flag `name` of RANGES (None: nothing), for values read from a file."""
+    kind, test, allowed = RANGES[name]
+    number = isinstance(value, int if kind == "integer" else (int, float)) and not isinstance(value, bool)
+    return None if number and _in_range(value, test) else _advice(kind, allowed)
 
 
 def _parse(argv):

@@ -111,6 +111,7 @@ NOT_OURS = ("^error: --save_path={{root}}/{} holds {} but no run.json, which a t
             "not a run's files; give an empty or a new folder$")
 NOT_FINITE = (r"^error: the weights {nonfinite}/model.ckpt-41 are not finite \(Model/softmax_b holds nan or inf\): "
               "they cannot be used; give the folder of a sound training run$")
+EVAL = ["eval", "--save_path={ckpt}", "--input={corpus}/ptb.test.txt"]
 FLAG = r"^error: flag --{}: give an? (integer|number) "
 # (program, arguments, what the one line says, exit code); {name} is a path of env above.
 CASES = [
@@ -236,6 +237,28 @@ CASES = [
                                                "integer", 2),
     (L, ["generate", "--save_path={badjson}"], r"^error: .*config.json is not a config this program wrote", 2),
     (L, ["generate", "--save_path={noeos}"], "^error: the vocabulary has no <eos>", 2),
+    (L, [*EVAL, "--cache_size=0"], FLAG.format("cache_size=0") + r"of at least 1 \(the positions the cache holds\)", 2),
+    (L, [*EVAL, "--cache_theta=-0.5"], FLAG.format(r"cache_theta=-0.5") + "of at least 0", 2),
+    (L, [*EVAL, "--cache_lambda=1.5"], FLAG.format(r"cache_lambda=1.5") + "from 0 to 1", 2),
+    (L, [*EVAL, "--cache_lambda=-0.1"], FLAG.format(r"cache_lambda=-0.1"), 2),
+    (L, [*EVAL, "--dynamic_lr=-0.01"], FLAG.format(r"dynamic_lr=-0.01") + "from 0 to 3.4e38", 2),
+    (L, [*EVAL, "--dynamic_lr=nan"], FLAG.format(r"dynamic_lr=nan"), 2),
+    (L, [*EVAL, "--dynamic_decay=-0.1"], FLAG.format(r"dynamic_decay=-0.1") + "from 0 to 1", 2),
+    (L, [*EVAL, "--dynamic_decay=1.5"], FLAG.format(r"dynamic_decay=1.5"), 2),
+    (L, [*EVAL, "--dynamic_window=0"], FLAG.format("dynamic_window=0") + "of at least 1", 2),
+    (L, [*EVAL, "--cache_size=10"], "^error: the cache needs --cache_size, --cache_theta and --cache_lambda", 2),
+    (L, [*EVAL, "--dynamic_decay=0.1"], "^error: dynamic evaluation needs --dynamic_lr and --dynamic_window", 2),
+    (L, [*EVAL, "--adapt=tuned", "--dynamic_lr=0.1"], "^error: --adapt=tuned takes the values lm.py tune chose: "
+                                                      "leave out --dynamic_lr", 2),
+    (L, [*EVAL, "--adapt=best"], "^error: flag --adapt=best: value should be one of", 2),
+    (L, [*EVAL, "--adapt=tuned"], "^error: .*ckpt holds no adapt.json: choose the values first with python lm.py tune",
+     2),
+    (L, ["tune", "--save_path={ckpt}", "--input={corpus}/ptb.test.txt"], "^error: tune needs --valid=FILE", 2),
+    (L, ["tune", "--save_path={ckpt}", "--valid={corpus}/ptb.valid.txt"], "^error: tune needs --input=FILE", 2),
+    (L, ["tune", "--save_path={ckpt}", "--valid={root}/none.txt", "--input={corpus}/ptb.test.txt"],
+     "^error: --valid=.*none.txt not found", 2),
+    (L, ["tune", "--save_path={ckpt}", "--valid={root}/one_word.txt", "--input={corpus}/ptb.test.txt"],
+     "^error: --valid=.*one_word.txt holds one word", 2),
     (L, ["generate", "--save_path={nonfinite}"], NOT_FINITE, 2),
     (L, ["predict", "--save_path={nonfinite}", "--context=the"], NOT_FINITE, 2),
     (L, ["score", "--save_path={nonfinite}"], NOT_FINITE, 2),
