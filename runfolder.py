@@ -134,7 +134,7 @@ def seed(prefix, flag_seed, draw):
         return flag_seed if flag_seed is not None else draw()
     try:
         saved = int(tf.train.load_variable(prefix, SEED_VARIABLE))
-    except (tf.errors.OpError, ValueError) as e:
+    except (tf.errors.OpError, IndexError) as e:  # IndexError: a truncated weights file
         raise unreadable(prefix, e)
     if flag_seed is not None and flag_seed != saved:
         raise CheckpointError(f"{os.path.dirname(prefix)} holds a run with --seed={saved}, the command asks for "
