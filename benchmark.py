@@ -16,11 +16,12 @@ stepping back in a tf.while_loop instead of the default Python unroll (PTBModel'
 import collections
 import time
 
+import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import configs
-from model import CELLS, COMPUTE_DTYPES, PTBModel, check_rnn_mode
+from model import CELLS, COMPUTE_DTYPES, PRECISIONS, RNN_MODES, PTBModel, check_rnn_mode
 from tf1 import session_config, tf
 
 flags.DEFINE_enum("model", "small", list(configs.CONFIGS), "Model config.")
@@ -34,6 +35,21 @@ flags.DEFINE_bool("profile", False, "Also trace training steps one op at a time 
 FLAGS = flags.FLAGS
 # names beyond RNN_MODES: (rnn_mode, fast_backward, fast_forward)
 BENCHMARK_MODES = {"fast_loop": ("fast", "loop", "block"), "fast_split": ("fast", "unroll", "split")}
+
+
+def _some_of(known):
+    """A validator of a list flag: one or more of `known`, checked when the command line is parsed."""
+    def check(values):
+        unknown = [v for v in values if v not in known]
+        if unknown or not values:
+            raise flags.ValidationError(f"{', '.join(unknown) or 'nothing'} is not one of {', '.join(known)}: "
+                                        "give one or more of them, separated by commas")
+        return True
+    return check
+
+
+flags.register_validator("modes", _some_of(list(RNN_MODES) + list(BENCHMARK_MODES)))
+flags.register_validator("precisions", _some_of(list(PRECISIONS)))
 
 
 def time_runs(session, fetch, feed=None, steps=10, warmup=3):
@@ -112,10 +128,7 @@ def main(argv):
     config = configs.get_config(FLAGS.model)
     config.cell = FLAGS.cell
     for mode in FLAGS.modes:
-        try:
-            check_rnn_mode(BENCHMARK_MODES.get(mode, (mode,))[0])
-        except ValueError as e:
-            raise app.UsageError(str(e))
+        check_rnn_mode(BENCHMARK_MODES.get(mode, (mode,))[0])  # a ValueError: one line, exit 2 (cli.run)
     flops = configs.matmul_flops_per_word(config)
     peaks = {p: matmul_peak(p) for p in FLAGS.precisions}
     peak_text = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
@@ -131,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

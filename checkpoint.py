@@ -5,26 +5,35 @@ and the vocabulary, one word a line (line n is word id n).
     runs/small/checkpoint      which of them is the latest (a name relative to the folder)
     runs/small/config.json    hyperparameters
     runs/small/vocab.txt      the vocabulary
+    runs/small/adapt.json     (after lm.py tune) the test-time adaptation chosen for these weights
 
 Only the folder's own files are ever read: the folder can be moved or copied, and a
 `checkpoint` index that still names another folder (written by an older version with an
-absolute --save_path) is read for the file name only.
+absolute --save_path) is read for the file name only. A training may be writing the folder
+while lm.py reads it: read_latest() then reads the newer checkpoint the index names.
 """
+import contextlib
 import glob
 import json
 import os
 import re
+import secrets
+
+import numpy as np
 
 import configs
-import monitor
 import reader
 from tf1 import tf
 
 CKPT, CONFIG, VOCAB, INDEX = "model.ckpt", "config.json", "vocab.txt", "checkpoint"
+ADAPT = "adapt.json"  # what lm.py tune chose for the folder's weights (adapt.py), read by lm.py eval --adapt=tuned
 
-# What a training run (and lm.py projector) writes into its folder; anything else is the user's.
+# What a training run (and lm.py projector and tune) writes into its folder, with the temporary names of
+# write_atomically; anything else is the user's. runfolder.py says which of these folders a run wrote.
 RUN_FILES = re.compile(r"(checkpoint|config\.json|vocab\.txt|metrics\.jsonl|perplexity\.png|projector_config\.pbtxt"
-                       r"|metadata\.tsv)(\.tmp.*)?|model\.ckpt-.*|events\.out\.tfevents\..*|\.write-test")
+                       r"|metadata\.tsv|run\.json|adapt\.json)(\.tmp.*)?|model\.ckpt-.*|events\.out\.tfevents\..*"
+                       r"|\.write-test|\.lock")
+READ_TRIES = 10  # read_latest: how many newer checkpoints to try while a training replaces them
 
 
 class CheckpointError(reader.DataError):
@@ -36,7 +45,11 @@ def config_fields(config):
 
 
 def save(session, saver, save_path, config, vocab, global_step=None):
-    """Writes the three parts; each file is written whole before it replaces the old one."""
+    """Writes the three parts; each file is written whole before it replaces the old one.
+
+    Then the folder keeps the Saver's max_to_keep newest checkpoints, also across resumes (the Saver
+    of a resumed run knows only its own): the one a run resumed from goes once newer ones are written.
+    """
     write_atomically(os.path.join(save_path, CONFIG), json.dumps(config_fields(config), indent=2) + "\n")
     write_atomically(os.path.join(save_path, VOCAB), "\n".join(vocab) + "\n")
     # The Saver, too, writes to temporary files and renames them, and names the latest last.
@@ -44,28 +57,67 @@ def save(session, saver, save_path, config, vocab, global_step=None):
         saver.save(session, os.path.join(save_path, CKPT), global_step=global_step)
     except tf.errors.OpError as e:  # a full disk: ResourceExhaustedError
         raise OSError(0, error_summary(e), save_path)
+    remove_older(save_path, saver.saver_def.max_to_keep)
+
+
+def steps(save_path):
+    """The global steps of the checkpoints in save_path, oldest first."""
+    return sorted(int(m.group(1)) for m in (re.fullmatch(re.escape(CKPT) + r"-(\d+)\.index", f)
+                                            for f in os.listdir(save_path)) if m)
+
+
+def remove_older(save_path, keep):
+    """Removes all but the `keep` newest checkpoints (0: none, as for the Saver): their .index last, so that a
+    removal cut short is redone."""
+    for step in steps(save_path)[:-keep] if keep else []:
+        for path in sorted(glob.glob(os.path.join(save_path, f"{CKPT}-{step}.*")), key=lambda p: p.endswith(".index")):
+            os.remove(path)
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Yields a temporary name beside `path` that replaces `path` if the block ends without an error.
+
+    The name is this write's own (two processes never share one), and a failed write removes it
+    and leaves `path` as it was; its error names `path`, the file the user knows.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.filename not in (None, tmp):
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def write_atomically(path, text):
     """The file appears whole or not at all: a failed write leaves the old one as it was."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.isfile(tmp):
-            os.remove(tmp)
-        raise
+    with replacing(path) as tmp, open(tmp, "x", encoding="utf-8") as f:
+        f.write(text)
 
 
 def error_summary(e):
     """The line of a TensorFlow error that says what went wrong (the first, or the one after 'Original error:')."""
-    message = e.message.split("Original error:")[-1]
+    message = getattr(e, "message", str(e)).split("Original error:")[-1]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     causes = [line.split(";")[-1].strip() for line in lines  # "PATH; No space left on device": the cause
               if re.search("No space|Permission denied|Read-only|quota|Input/output", line)]
     return (causes or lines or [e.__class__.__name__])[0][:200]
+
+
+def indexed(save_path):
+    """The prefix inside save_path of the checkpoint its index names as the latest, or None."""
+    try:
+        state = tf.train.get_checkpoint_state(save_path)
+    except ValueError:  # an index without a latest checkpoint, or not text
+        state = None
+    if state and state.model_checkpoint_path:
+        return os.path.join(save_path, os.path.basename(state.model_checkpoint_path))
+    return None
 
 
 def latest(save_path):
@@ -74,14 +126,11 @@ def latest(save_path):
     Refuses a folder that holds weight files but no index naming one of them: training
     there would start again and overwrite them, lm.py would have nothing to read.
     """
-    try:
-        state = tf.train.get_checkpoint_state(save_path)
-    except ValueError:  # an index without a latest checkpoint
-        state = None
-    if state and state.model_checkpoint_path:
-        prefix = os.path.join(save_path, os.path.basename(state.model_checkpoint_path))
-        if os.path.isfile(prefix + ".index"):
+    prefix, named = indexed(save_path), None
+    while prefix != named:  # a training may replace the checkpoint named: then the index names a newer one
+        if prefix and os.path.isfile(prefix + ".index"):
             return prefix
+        prefix, named = indexed(save_path), prefix
     weights = sorted(glob.glob(os.path.join(save_path, CKPT + "-*.index")))
     if weights:
         raise CheckpointError(f"{save_path} holds weights ({os.path.basename(weights[-1])[:-6]}) but no '{INDEX}' "
@@ -122,64 +171,84 @@ def read_vocab(save_path):
     path = os.path.join(save_path, VOCAB)
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read().split("\n")[:-1]
+            words = f.read().split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {path} ({e}): keep the files of one training run together")
+    return words[:-1] if words[-1] == "" else words  # the last line's end, if it has one
 
 
 def restore(session, saver, prefix):
-    """Restores the weights after checking that they fit the graph; a damaged file is refused, not a traceback."""
-    graph = session.graph
-    check_variables(prefix, {v.op.name: v.shape.as_list() for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)})
+    """Restores the weights after checking that they fit the graph; a damaged file is refused, and so are
+    weights that are not finite (checked once restored, in memory: the file, 260 MB for large, is read once)."""
+    variables = session.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
+    check_variables(prefix, {v.op.name: v.shape.as_list() for v in variables})
     try:
         saver.restore(session, prefix)
     except tf.errors.OpError as e:  # a truncated or corrupt .data file
-        raise CheckpointError(f"cannot read the weights {prefix} ({error_summary(e)}): the file is damaged; restore "
-                              "it, or give another --save_path")
+        raise unreadable(prefix, e)
+    for variable, value in zip(variables, session.run(variables)):
+        _refuse_non_finite(prefix, variable.op.name, value)
 
 
-def check_run_folder(save_path, config, vocab):
-    """What a training run finds in --save_path: None (start anew) or the checkpoint to resume from.
+def read_latest(save_path, read):
+    """read(prefix) of the folder's latest checkpoint, even while a training writes the folder.
 
-    Refuses, before anything is written, a folder with files no run wrote, and a run whose
-    config (beyond the learning-rate schedule) or vocabulary differs from the command's.
+    The training keeps its last few checkpoints, so the one the index named may be gone by the
+    time it is read: then the index names a newer one, which is read instead. A checkpoint is
+    called damaged only if it cannot be read while the index still names it.
     """
-    foreign = sorted(f for f in os.listdir(save_path) if not RUN_FILES.fullmatch(f))
-    if foreign:
-        raise CheckpointError(f"--save_path={save_path} holds files a training run did not write "
-                              f"({', '.join(foreign[:3])}): give an empty or a new folder")
     prefix = latest(save_path)
-    have = [f for f in (CONFIG, VOCAB) if os.path.isfile(os.path.join(save_path, f))]
-    if prefix and len(have) < 2:
-        raise CheckpointError(f"{save_path} holds weights but not their {' and '.join({CONFIG, VOCAB} - set(have))}: "
-                              "restore the files, or give another --save_path")
-    if CONFIG in have:
-        saved = read_config(save_path)
-        for name in configs.FIELDS:
-            if name not in configs.SCHEDULE and getattr(saved, name) != getattr(config, name):
-                raise CheckpointError(f"{save_path} holds a run with {name}={getattr(saved, name)!r}, the command "
-                                      f"asks for {getattr(config, name)!r}: rerun that run's command, or give "
-                                      "another --save_path")
-    if VOCAB in have and read_vocab(save_path) != list(vocab):
-        raise CheckpointError(f"{save_path} holds a run trained on another vocabulary: resume with the same "
-                              "--data_path and --max_vocab, or give another --save_path")
-    try:
-        monitor.read_metrics(save_path)
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{os.path.join(save_path, monitor.METRICS)} is not one this program wrote ({e}): "
-                              "give another --save_path")
-    return prefix
+    for _ in range(READ_TRIES):
+        try:
+            return read(prefix)
+        except CheckpointError:
+            newer = latest(save_path)
+            if newer == prefix:
+                raise
+            prefix = newer
+    raise CheckpointError(f"the checkpoints in {save_path} were replaced {READ_TRIES} times while being read: "
+                          "try again, or copy the folder and read the copy")
+
+
+def unreadable(prefix, e):
+    """The error for weights that cannot be read: damaged, missing or forbidden, as TensorFlow found them."""
+    if isinstance(e, tf.errors.NotFoundError):
+        what = "a file of them is missing; restore it"
+    elif isinstance(e, tf.errors.PermissionDeniedError):
+        what = "they may not be read; change their permissions"
+    else:
+        what = "the file is damaged; restore it"
+    return CheckpointError(f"cannot read the weights {prefix} ({error_summary(e)}): {what}, or give another "
+                           "--save_path")
 
 
 def check_variables(prefix, wanted):
     """Refuses weights whose variables or shapes differ from the graph's ({name: shape}) before restoring them."""
     try:
         found = dict(tf.train.list_variables(prefix))
-    except (tf.errors.OpError, ValueError) as e:
-        raise CheckpointError(f"cannot read the weights {prefix} ({getattr(e, 'message', e)}): restore them, or give "
-                              "another --save_path")
+    except tf.errors.OpError as e:
+        raise unreadable(prefix, e)
+    except ValueError as e:
+        raise CheckpointError(f"cannot read the weights {prefix} ({e}): restore them, or give another --save_path")
     for name, shape in sorted(wanted.items()):
         if found.get(name) != shape:
             raise CheckpointError(f"the weights {prefix} do not fit the {CONFIG} and {VOCAB} beside them ({name}: "
                                   f"{found.get(name)} in the weights, {shape} by the files): keep the files of one "
                                   "training run together")
+
+
+def check_finite(prefix):
+    """Refuses weights that hold nan or inf: the trainer never saves such, but a copy gone wrong or another tool may."""
+    try:
+        weights = tf.train.load_checkpoint(prefix)
+        for name in sorted(weights.get_variable_to_shape_map()):
+            _refuse_non_finite(prefix, name, weights.get_tensor(name))
+    except (tf.errors.OpError, IndexError) as e:  # the reader raises IndexError for a truncated file
+        raise unreadable(prefix, e)
+
+
+def _refuse_non_finite(prefix, name, value):
+    value = np.asarray(value)
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise CheckpointError(f"the weights {prefix} are not finite ({name} holds nan or inf): they cannot be "
+                              "used; give the folder of a sound training run")

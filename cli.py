@@ -1,4 +1,4 @@
-"""What the two programs (ptb_word_lm.py, lm.py) share at their edge with the user.
+"""What the programs (ptb_word_lm.py, lm.py, benchmark.py) share at their edge with the user.
 
 - Every flag's allowed values, checked when the command line is parsed: before a corpus is
   read or a graph is built. Flags that set a config field take their range from
@@ -9,35 +9,12 @@
   Inside `signals_deferred()` (the training loop) a signal is only recorded, so that the
   trainer can save before it stops.
 
-This module imports no TensorFlow, so that it is in place before TensorFlow's slow import.
+This module imports no TensorFlow, so that it is in place before TensorFlow's slow import, and
+it installs its signal handler before it imports anything else: each program imports it first.
 """
-import contextlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
-
-from absl import app, flags
-
-import configs
-
-USAGE, WRITE = 2, 1  # exit codes: a bad input; a failed write (full disk, permissions)
-
-# flag: (kind, test, the allowed values in words), for the flags that are not config fields.
-RANGES = {
-    "seed": ("integer", lambda v: 0 <= v < 2 ** 31, "from 0 to 2147483647"),
-    "max_vocab": ("integer", lambda v: v >= 3, "of at least 3 (<eos>, <unk> and one word)"),
-    "train_words": ("integer", lambda v: v >= 1, "of at least 1"),
-    "checkpoint_minutes": ("number", lambda v: v > 0, "above 0"),
-    "test_window": ("integer", lambda v: v >= 1, "of at least 1"),
-    "num_threads": ("integer", lambda v: 0 <= v <= 1024, "from 0 (one per core) to 1024"),
-    "replicas": ("integer", lambda v: 1 <= v <= 1024, "from 1 to 1024"),
-    "worker_timeout": ("number", lambda v: v > 0, "above 0"),
-    "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
-    "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
-    "top_k": ("integer", lambda v: v >= 1, "of at least 1"),
-}
 
 
 class Interrupted(BaseException):
@@ -49,7 +26,7 @@ class Interrupted(BaseException):
 
 
 received = []  # signals recorded inside signals_deferred()
-_state = {"main": False, "defer": False}
+_state = {"main": False, "defer": False, "at_once": False}
 _stderr = os.dup(2)  # stderr as it is now: tf1 silences fd 2 while TensorFlow is imported
 
 
@@ -65,6 +42,40 @@ def _on_signal(signum, frame):
 
 for _signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signum, _on_signal)
+
+# Only now the rest: absl alone takes tens of milliseconds to import.
+import contextlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+import configs  # noqa: E402
+
+USAGE, WRITE = 2, 1  # exit codes: a bad input; a failed write (full disk, permissions)
+
+# flag: (kind, test, the allowed values in words), for the flags that are not config fields.
+RANGES = {
+    "seed": ("integer", lambda v: 0 <= v < 2 ** 31, "from 0 to 2147483647"),
+    "max_vocab": ("integer", lambda v: v >= 3, "of at least 3 (<eos>, <unk> and one word)"),
+    "train_words": ("integer", lambda v: v >= 1, "of at least 1"),
+    "checkpoint_minutes": ("number", lambda v: v > 0, "above 0"),
+    "test_window": ("integer", lambda v: v >= 1, "of at least 1"),
+    "num_threads": ("integer", lambda v: 0 <= v <= 1024, "from 0 (one per core) to 1024"),
+    "replicas": ("integer", lambda v: 1 <= v <= 1024, "from 1 to 1024"),
+    "worker_timeout": ("number", lambda v: v > 0, "above 0"),
+    "steps": ("integer", lambda v: v >= 1, "of at least 1"),
+    "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
+    "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
+    "top_k": ("integer", lambda v: v >= 1, "of at least 1"),
+    # lm.py eval's test-time adaptation (adapt.py); lm.py eval --adapt=tuned checks adapt.json's values here too.
+    "cache_size": ("integer", lambda v: v >= 1, "of at least 1 (the positions the cache holds)"),
+    "cache_theta": ("number", lambda v: v >= 0, "of at least 0"),
+    "cache_lambda": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "dynamic_lr": ("number", lambda v: 0 <= v <= configs.FLOAT32_MAX, "from 0 to 3.4e38"),
+    "dynamic_decay": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "dynamic_window": ("integer", lambda v: v >= 1, "of at least 1"),
+}
 
 
 @contextlib.contextmanager
@@ -102,26 +113,50 @@ def new_folder(path, flag):
         shutil.rmtree(top if created and not os.path.exists(path) else scratch, ignore_errors=True)
 
 
+def _in_range(value, test):
+    return value is None or (value == value and abs(value) != float("inf") and test(value))
+
+
+def _advice(kind, allowed):
+    return f"give {'an integer' if kind == 'integer' else 'a number'} {allowed}"
+
+
 def _check_ranges():
     """Registers a validator for each defined flag that has a range (absl runs them at parse time)."""
     table = {**{k: v for k, v in configs.FIELDS.items() if v[1] is not None}, **RANGES}
     for name, (kind, test, allowed) in table.items():
         if name in flags.FLAGS:
-            message = f"give {'an integer' if kind == 'integer' else 'a number'} {allowed}"
-            flags.register_validator(name, lambda v, test=test: v is None or (v == v and abs(v) != float("inf")
-                                                                             and test(v)), message=message)
+            flags.register_validator(name, lambda v, test=test: _in_range(v, test), message=_advice(kind, allowed))
+
+
+def range_error(name, value):
+    """What is wrong with `value` for the flag `name` of RANGES (None: nothing), for values read from a file."""
+    kind, test, allowed = RANGES[name]
+    number = isinstance(value, int if kind == "integer" else (int, float)) and not isinstance(value, bool)
+    return None if number and _in_range(value, test) else _advice(kind, allowed)
 
 
 def _parse(argv):
     try:
         return flags.FLAGS(argv)
+    except SystemExit:  # only --help (and --helpfull, ...) exit while parsing, with 1 after printing the help
+        sys.exit(0)
     except flags.Error as e:
         fail(f"{e}; python {os.path.basename(argv[0])} --help lists the flags")
 
 
 def fail(message, code=USAGE, prefix="error: "):
     print(prefix + message, file=sys.stderr, flush=True)
+    if _state["at_once"]:
+        sys.stdout.flush()
+        os._exit(code)
     sys.exit(code)
+
+
+def exit_at_once():
+    """From now on the program ends without Python's shutdown: a thread is left inside TensorFlow (see
+    distribute.Replicas.run_at_start), and Python, ending it from under TensorFlow's C++, would abort."""
+    _state["at_once"] = True
 
 
 def run(main, errors=(ValueError,)):

@@ -28,6 +28,7 @@ import collections
 import json
 import threading
 
+import cli
 from model import STATE_PARTS, PTBModel, Rows
 from tf1 import session_config, tf
 
@@ -150,8 +151,12 @@ class Replicas:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        while thread.is_alive():
-            thread.join(0.1)
+        try:
+            while thread.is_alive():
+                thread.join(0.1)
+        except cli.Interrupted:
+            cli.exit_at_once()
+            raise
         if "error" in outcome:
             raise outcome["error"]
         return outcome.get("value")

@@ -6,6 +6,10 @@ possible next word a probability, and that is all these commands read off it.
     python lm.py predict  --save_path=DIR < contexts.txt     # a context a line; asks when run at a terminal
     python lm.py score    --save_path=DIR --input=sentences.txt [--json]
     python lm.py eval     --save_path=DIR --input=ptb.test.txt
+    python lm.py eval     --save_path=DIR --input=ptb.test.txt --cache_size=2000 --cache_theta=0.3 --cache_lambda=0.1
+    python lm.py eval     --save_path=DIR --input=ptb.test.txt --dynamic_lr=0.03 --dynamic_window=20 --dynamic_decay=0
+    python lm.py tune     --save_path=DIR --valid=ptb.valid.txt --input=ptb.test.txt   # writes DIR/adapt.json
+    python lm.py eval     --save_path=DIR --input=ptb.test.txt --adapt=tuned          # the values tune chose
     python lm.py export   --save_path=DIR --export_dir=DIR/saved_model
     python lm.py nearest  --save_path=DIR --word=market --top_k=10    # cosine, in the learned embedding
     python lm.py projector --save_path=DIR --export_dir=DIR/projector # then: tensorboard --logdir=DIR
@@ -23,13 +27,14 @@ import cli  # first: from here on a signal ends the program with one line, even 
 import numpy as np
 from absl import flags
 
+import adapt
 import checkpoint
 import embeddings
 import reader
 from model import PTBModel, run_epoch
 from tf1 import tf
 
-COMMANDS = ("generate", "predict", "score", "eval", "export", "nearest", "projector")
+COMMANDS = ("generate", "predict", "score", "eval", "tune", "export", "nearest", "projector")
 
 flags.DEFINE_string("save_path", None, "Checkpoint folder written by ptb_word_lm.py --save_path.")
 flags.DEFINE_string("prompt", "", "generate: the words to continue (default: start a new sentence).")
@@ -39,11 +44,23 @@ flags.DEFINE_integer("top_k", None, "generate: sample among the k likeliest word
                      "predict: how many words to list (default 10).")
 flags.DEFINE_integer("seed", None, "generate: random seed; the same seed gives the same text.")
 flags.DEFINE_string("context", None, "predict: the words before the one to predict.")
-flags.DEFINE_string("input", "-", "predict, score, eval: a text file, or - for standard input.")
+flags.DEFINE_string("input", "-", "predict, score, eval: a text file, or - for standard input; tune: the text to "
+                    "report the chosen settings on (ptb.test.txt).")
 flags.DEFINE_bool("json", False, "predict, score: JSON lines instead of plain text.")
 flags.DEFINE_string("export_dir", None, "export: the SavedModel folder to write (must not exist); projector: "
                     "the folder for vectors.tsv and metadata.tsv.")
 flags.DEFINE_string("word", None, "nearest: the word whose neighbours to list.")
+# Test-time adaptation (adapt.py): eval applies the cache when its three flags are given, dynamic evaluation when
+# --dynamic_lr and --dynamic_window are, both when all are; tune chooses them on --valid.
+flags.DEFINE_integer("cache_size", None, "eval: the neural cache holds the last N positions' (h, next word).")
+flags.DEFINE_float("cache_theta", None, "eval: the cache's sharpness: position i votes exp(theta h_t . h_i).")
+flags.DEFINE_float("cache_lambda", None, "eval: the cache's share: p = (1 - lambda) p_model + lambda p_cache.")
+flags.DEFINE_float("dynamic_lr", None, "eval: dynamic evaluation's step on each window's mean loss (SGD).")
+flags.DEFINE_float("dynamic_decay", None, "eval: dynamic evaluation pulls the weights back by decay x (trained - "
+                   "current) a window (default 0).")
+flags.DEFINE_integer("dynamic_window", None, "eval: dynamic evaluation steps after every window of this many words.")
+flags.DEFINE_enum("adapt", None, ["tuned"], "eval: apply what lm.py tune chose and wrote to --save_path/adapt.json.")
+flags.DEFINE_string("valid", None, "tune: the text to choose the adaptation's settings on (ptb.valid.txt).")
 FLAGS = flags.FLAGS
 
 
@@ -55,7 +72,7 @@ class LanguageModel:
     """A trained model restored from its checkpoint folder, reading one text (batch of 1) at a time."""
 
     def __init__(self, save_path, batch_size=1):
-        self.config, self.vocab, prefix = checkpoint.load(save_path)
+        self.config, self.vocab, _ = checkpoint.load(save_path)
         self.word_to_id = {w: i for i, w in enumerate(self.vocab)}
         self.graph = tf.Graph()
         with self.graph.as_default(), tf.variable_scope("Model"):
@@ -63,7 +80,12 @@ class LanguageModel:
         self.session = tf.Session(graph=self.graph)
         with self.graph.as_default():
             saver = tf.train.Saver(self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES))
-        checkpoint.restore(self.session, saver, prefix)
+
+        def restore(prefix):
+            checkpoint.restore(self.session, saver, prefix)
+            return prefix
+
+        self.prefix = checkpoint.read_latest(save_path, restore)  # the weights read (lm.py tune names them)
 
     @property
     def eos(self):
@@ -101,11 +123,15 @@ class LanguageModel:
 
 
 def sample(log_probs, temperature, top_k, rng):
-    """A word id drawn from softmax(log_probs / temperature), among the top_k likeliest only."""
-    logits = log_probs.astype(np.float64) / temperature
+    """A word id drawn from softmax(log_probs / temperature), among the top_k likeliest only.
+
+    The likeliest word's log-probability is subtracted before dividing, so that the largest logit
+    is 0 at any temperature: a temperature near 0 picks the likeliest word, never NaN."""
+    with np.errstate(over="ignore"):  # far below the likeliest, exp() of it is 0 anyway
+        logits = (log_probs.astype(np.float64) - log_probs.max()) / temperature
     if top_k is not None and top_k < len(logits):
         logits[np.argsort(logits)[:-top_k]] = -np.inf
-    p = np.exp(logits - logits.max())
+    p = np.exp(logits)
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
@@ -128,14 +154,18 @@ def predict(lm, context, top_k):
     return [(lm.vocab[i], float(np.exp(log_probs[-1, i]))) for i in best]
 
 
-def evaluate(lm, path, window=100):
-    """Perplexity of a text file, read like the training's test pass: one row, state carried.
-
-    Every word after the first is predicted once, so any text of two words or more has one."""
-    reader.check_readable(path, "--input", "a text file, one sentence a line")
-    ids = lm.encode(reader.read_words(path, flag="--input"))
+def read_ids(lm, path, flag="--input"):
+    """The word ids of a text file; every word after the first is predicted once, so it needs two or more."""
+    reader.check_readable(path, flag, "a text file, one sentence a line")
+    ids = lm.encode(reader.read_words(path, flag=flag))
     if len(ids) < 2:
-        raise UsageError(f"--input={path} holds one word: a perplexity needs two or more")
+        raise UsageError(f"{flag}={path} holds one word: a perplexity needs two or more")
+    return ids
+
+
+def evaluate(lm, path, window=adapt.EVAL_WINDOW):
+    """Perplexity of a text file, read like the training's test pass: one row, state carried."""
+    ids = read_ids(lm, path)
     return run_epoch(lm.session, lm.model, ids, window=min(window, len(ids) - 1))
 
 
@@ -157,7 +187,10 @@ def export(save_path, export_dir):
         except tf.errors.OpError as e:  # a full disk
             raise OSError(0, checkpoint.error_summary(e), export_dir)
         for name in (checkpoint.VOCAB, checkpoint.CONFIG):
-            shutil.copy(os.path.join(save_path, name), folder)
+            try:
+                shutil.copy(os.path.join(save_path, name), folder)
+            except OSError as e:  # shutil names the file copied from; the one that could not be written is ours
+                raise OSError(e.errno, e.strerror, export_dir) from e
     return export_dir
 
 
@@ -226,9 +259,48 @@ def run_score(lm):
           f"(each sentence's end counted), perplexity {total['perplexity']:.2f}")
 
 
+def adaptation():
+    """What eval applies, from the flags: {} (nothing), or the settings of the cache, dynamic evaluation or both
+    (adapt.CACHE, adapt.DYNAMIC); with --adapt=tuned, None (tuned_adaptation reads them once the model is loaded)."""
+    given = {name: FLAGS[name].value for name in adapt.CACHE + adapt.DYNAMIC if FLAGS[name].value is not None}
+    if FLAGS.adapt == "tuned":
+        if given:
+            raise UsageError(f"--adapt=tuned takes the values lm.py tune chose: leave out --{' --'.join(given)}")
+        return None
+    if any(name in given for name in adapt.CACHE) and not all(name in given for name in adapt.CACHE):
+        raise UsageError("the cache needs --cache_size, --cache_theta and --cache_lambda (lm.py tune chooses them)")
+    if any(name in given for name in adapt.DYNAMIC) and not ("dynamic_lr" in given and "dynamic_window" in given):
+        raise UsageError("dynamic evaluation needs --dynamic_lr and --dynamic_window, --dynamic_decay is 0 unless "
+                         "given (lm.py tune chooses them)")
+    if "dynamic_lr" in given and "dynamic_decay" not in given:
+        given["dynamic_decay"] = 0.0
+    return {name: given[name] for name in adapt.CACHE + adapt.DYNAMIC if name in given}  # adapt.json's order
+
+
+def tuned_adaptation(lm):
+    """The settings lm.py tune found best for the folder (adapt.json), checked as the flags are."""
+    _, settings, record = adapt.read_tuned(FLAGS.save_path)
+    for name, value in settings.items():
+        if cli.range_error(name, value):
+            raise UsageError(f"{os.path.join(FLAGS.save_path, checkpoint.ADAPT)} holds {name}={value!r}: "
+                             f"{cli.range_error(name, value)}; rerun lm.py tune")
+    if record.get("checkpoint") != os.path.basename(lm.prefix):
+        print(f"note: {checkpoint.ADAPT} was tuned for {record.get('checkpoint')}, the folder's latest weights are "
+              f"{os.path.basename(lm.prefix)}: rerun lm.py tune to tune them", file=sys.stderr)
+    return settings
+
+
 def learned_embedding(save_path):
-    _, vocab, prefix = checkpoint.load(save_path)
-    return tf.train.load_variable(prefix, embeddings.EMBEDDING), vocab
+    _, vocab, _ = checkpoint.load(save_path)
+
+    def read(prefix):
+        checkpoint.check_finite(prefix)
+        try:
+            return tf.train.load_variable(prefix, embeddings.EMBEDDING)
+        except tf.errors.OpError as e:
+            raise checkpoint.unreadable(prefix, e)
+
+    return checkpoint.read_latest(save_path, read), vocab
 
 
 def run(command):
@@ -252,9 +324,14 @@ def run(command):
             raise UsageError("export needs --export_dir=FOLDER")
         print(f"SavedModel written to {export(FLAGS.save_path, FLAGS.export_dir)}")
         return
-    if command == "eval" and FLAGS.input == "-":
-        raise UsageError("eval needs --input=FILE, a text in PTB format")
+    if command in ("eval", "tune") and FLAGS.input == "-":
+        raise UsageError(f"{command} needs --input=FILE, a text in PTB format")
+    if command == "tune" and not FLAGS.valid:
+        raise UsageError("tune needs --valid=FILE, the text to choose the settings on (ptb.valid.txt)")
+    settings = adaptation() if command == "eval" else {}
     lm = LanguageModel(FLAGS.save_path)
+    if settings is None:
+        settings = tuned_adaptation(lm)
     if command == "generate":
         check_top_k(len(lm.vocab))
         words = generate(lm, FLAGS.prompt.split(), FLAGS.num_words, FLAGS.temperature, FLAGS.top_k, FLAGS.seed)
@@ -264,8 +341,29 @@ def run(command):
         run_predict(lm)
     elif command == "score":
         run_score(lm)
-    elif command == "eval":
+    elif command == "eval" and not settings:
         print(f"Perplexity: {evaluate(lm, FLAGS.input):.3f}")
+    elif command == "eval":
+        perplexity = adapt.evaluate(adapt.Adapter(lm), read_ids(lm, FLAGS.input), settings)
+        print(f"Perplexity: {perplexity:.3f} with {adapt.flags_text(settings)}")
+    elif command == "tune":
+        run_tune(lm)
+
+
+def run_tune(lm):
+    """Chooses the adaptation's settings on --valid, reports them on --input, and keeps them in adapt.json."""
+    valid, test = read_ids(lm, FLAGS.valid, "--valid"), read_ids(lm, FLAGS.input)
+    print(f"Tuning the cache and dynamic evaluation on --valid={FLAGS.valid} ({len(valid)} words): 1 pass for the "
+          f"cache's grids, {adapt.DYNAMIC_PASSES} for dynamic evaluation's", flush=True)
+    record = adapt.tune(adapt.Adapter(lm), valid, test, say=lambda line: print(line, flush=True))
+    record.update(checkpoint=os.path.basename(lm.prefix), valid=FLAGS.valid, test=FLAGS.input)
+    with cli.signals_deferred():  # the file is written whole, then a Ctrl-C that came meanwhile ends the program
+        adapt.write_tuned(FLAGS.save_path, record)
+    if cli.received:
+        raise cli.Interrupted(cli.received[0])
+    print("\n".join(adapt.summary(record)))
+    print(f"Chosen on --valid, written to {os.path.join(FLAGS.save_path, checkpoint.ADAPT)}; lm.py eval "
+          f"--adapt=tuned applies {record['best']}")
 
 
 def main(argv):

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 
+import checkpoint
 from tf1 import tf
 
 METRICS, PLOT = "metrics.jsonl", "perplexity.png"
@@ -23,10 +24,10 @@ threading.excepthook = _thread_error
 
 
 class RunLog:
-    """Writes the run's summaries; with no save_path it writes nothing."""
+    """Writes the run's summaries; with no save_path it writes nothing. `model`: the config's name, for the plot."""
 
-    def __init__(self, save_path):
-        self.save_path = save_path
+    def __init__(self, save_path, model=None):
+        self.save_path, self.model = save_path, model
         self.writer = tf.summary.FileWriter(save_path) if save_path else None
 
     def scalars(self, step, **values):
@@ -40,25 +41,30 @@ class RunLog:
         """The writer's thread keeps what failed (a full disk) and raises it here: one line, not a traceback."""
         try:
             flush()
-        except Exception as e:  # whatever the thread met: an OSError, a TensorFlow error
-            raise OSError(0, f"the TensorBoard summaries could not be written ({str(e).splitlines()[0]})",
+        except Exception as e:  # whatever the thread met: an OSError, a TensorFlow error ("FILE; No space left ...")
+            file, _, cause = (str(e).splitlines() or [type(e).__name__])[0].rpartition("; ")
+            if os.path.basename(file).startswith("events.out.tfevents"):
+                raise OSError(0, cause, file)
+            raise OSError(0, f"the TensorBoard summaries could not be written ({file + '; ' if file else ''}{cause})",
                           self.save_path)
 
     def epoch(self, record):
         """Adds (or, for an epoch redone after a resume, replaces) an epoch's line, and redraws the plot."""
-        if not self.save_path:
-            return
-        records = [r for r in read_metrics(self.save_path) if r["epoch"] != record["epoch"]] + [record]
-        path = os.path.join(self.save_path, METRICS)
-        try:
-            with open(path + ".tmp", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
-            os.replace(path + ".tmp", path)
-            plot(records, os.path.join(self.save_path, PLOT))
-        finally:  # a failed write (full disk) leaves the old files, not half-written ones
-            for tmp in (path + ".tmp", os.path.join(self.save_path, PLOT) + ".tmp"):
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+        if self.save_path:
+            self.write([r for r in read_metrics(self.save_path) if r["epoch"] != record["epoch"]] + [record])
+
+    def test(self, step, test_perplexity):
+        """The test perplexity: a scalar at the global step like the others, and in the last epoch's record."""
+        self.scalars(step, test_perplexity=test_perplexity)
+        records = read_metrics(self.save_path) if self.save_path else []
+        if records:
+            self.write(records[:-1] + [dict(records[-1], test_perplexity=test_perplexity)])
+
+    def write(self, records):
+        """metrics.jsonl and the plot, each whole: a failed write (full disk) leaves the old file."""
+        checkpoint.write_atomically(os.path.join(self.save_path, METRICS), "".join(json.dumps(r) + "\n"
+                                                                                   for r in records))
+        plot(records, os.path.join(self.save_path, PLOT), plot_title(self.model, records))
 
     def close(self):
         if self.writer:
@@ -77,7 +83,14 @@ def read_metrics(save_path):
     return records
 
 
-def plot(records, path):
+def plot_title(model, records):
+    """The plot's title: the config's name, and the test perplexity once the last epoch has one."""
+    title = f"PTB word-level LSTM, {model} config" if model else "PTB word-level LSTM"
+    test = records[-1].get("test_perplexity") if records else None
+    return title + (f": test perplexity {test:.2f}" if test is not None else "")
+
+
+def plot(records, path, title):
     import matplotlib  # imported here: only a run with --save_path draws
 
     matplotlib.use("Agg")
@@ -88,16 +101,18 @@ def plot(records, path):
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(epochs, [r["train_perplexity"] for r in records], "o-", label="train")
     ax.plot(epochs, [r["valid_perplexity"] for r in records], "s-", label="valid")
-    ax.set(xlabel="epoch", ylabel="perplexity", yscale="log", title="Penn Treebank word-level LSTM")
+    ax.set(xlabel="epoch", ylabel="perplexity", yscale="log", title=title)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path + ".tmp", format="png")  # whole, then renamed: never a half-drawn plot
-    plt.close(fig)
-    os.replace(path + ".tmp", path)
+    try:
+        with checkpoint.replacing(path) as tmp:  # whole, then renamed: never a half-drawn plot
+            fig.savefig(tmp, format="png", metadata={"Title": title})
+    finally:
+        plt.close(fig)
 
 
 def duration(seconds):

@@ -32,6 +32,7 @@ import distribute
 import embeddings
 import monitor
 import reader
+import runfolder
 from model import (MAX_LOG_FLOAT, PRECISIONS, RNN_MODES, Position, PTBModel, check_options, check_rnn_mode,
                    default_rnn_mode, dropout_seed, run_epoch)
 from tf1 import session_config, tf
@@ -172,7 +173,7 @@ class Trainer:
             if replicas is not None and replicas.chief:  # start where one process starts (restore() passes it on)
                 start = distribute.one_process_values(lambda: training_model(config, rnn_mode, precision, seed))
                 self.load({v: start[v.op.name] for v in tf.trainable_variables()})
-        self.log = monitor.RunLog(save_path)
+        self.log = monitor.RunLog(save_path, FLAGS.model)
 
     def load(self, values):
         """Sets {variable: value}: every copy of a replicated variable."""
@@ -184,7 +185,7 @@ class Trainer:
                 distribute.load(self.session, self.replicas.strategy, values)
 
     def restore(self, prefix):
-        """Resumes from checkpoint `prefix`, if any (checked by checkpoint.check_run_folder): (epoch, position).
+        """Resumes from checkpoint `prefix`, if any (checked by runfolder.check): (epoch, position).
 
         With several workers, the chief restores (or starts) and every worker takes its variables."""
         several = self.replicas is not None and self.replicas.workers > 1
@@ -228,7 +229,10 @@ class Trainer:
         self.last_save = time.time()
 
     def diverged(self, what):
-        kept = f"the last good checkpoint in {self.save_path} is kept" if self.save_path else "nothing was saved"
+        if self.save_path and checkpoint.latest(self.save_path):
+            kept = f"the last good checkpoint in {self.save_path} is kept"
+        else:
+            kept = "nothing was saved" + (" (it diverged before its first checkpoint)" if self.save_path else "")
         raise Stop(f"{what}: training stopped, {kept}; lower --learning_rate", 3)
 
     def run(self, resume_from=None):
@@ -247,7 +251,7 @@ class Trainer:
         if not math.isfinite(test_perplexity):
             self.diverged(f"the test perplexity is {test_perplexity}")
         print(f"Test Perplexity: {test_perplexity:.3f}", flush=True)
-        self.log.scalars(config.max_max_epoch, test_perplexity=test_perplexity)
+        self.log.test(self.session.run(self.global_step), test_perplexity)
         self.log.close()
         return test_perplexity
 
@@ -349,9 +353,12 @@ def prepare_save_path(path):
 
 
 def remove_if_empty(folders):
-    """A run that ended before writing anything leaves none of the folders it created behind."""
+    """A run that ended before saving anything leaves none of the folders it created behind (nor its claim on
+    the folder: runfolder's run.json and lock)."""
     for folder in folders:
-        if os.path.isdir(folder) and not os.listdir(folder):
+        if os.path.isdir(folder) and set(os.listdir(folder)) <= {runfolder.MARKER, runfolder.LOCK}:
+            for name in os.listdir(folder):
+                os.remove(os.path.join(folder, name))
             os.rmdir(folder)
 
 
@@ -369,14 +376,17 @@ def load_data_and_config(cluster=None):
     distribute.check_replicas(FLAGS.replicas, config, FLAGS.rnn_mode or default_rnn_mode(), cluster)
     if FLAGS.embedding_file:
         reader.check_readable(FLAGS.embedding_file, "--embedding_file", "a GloVe text file")
-    data = reader.load_ptb(FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data")), FLAGS.max_vocab)
+    data_path = FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data"))
+    data = reader.load_ptb(data_path, FLAGS.max_vocab)
+    train, valid, test = reader.split_paths(data_path)
     if FLAGS.train_words:
         data = data._replace(train=data.train[:FLAGS.train_words])
+        train += f" (--train_words={FLAGS.train_words})"
     config.vocab_size = len(data.vocab)
     configs.check(config)
-    reader.epoch_size(len(data.train), config.batch_size, config.num_steps)
-    reader.epoch_size(len(data.valid), config.batch_size, config.num_steps)
-    reader.epoch_size(len(data.test), 1, 1)
+    reader.epoch_size(len(data.train), config.batch_size, config.num_steps, train)
+    reader.epoch_size(len(data.valid), config.batch_size, config.num_steps, valid)
+    reader.epoch_size(len(data.test), 1, 1, test)
     return data, config
 
 
@@ -395,10 +405,10 @@ def main(argv):
 
 def train(cluster, save_path):
     data, config = load_data_and_config(cluster)
-    resume_from = save_path and checkpoint.check_run_folder(save_path, config, data.vocab)
+    resume_from = save_path and runfolder.check(save_path, config, data.vocab, len(data.train))
     rnn_mode = FLAGS.rnn_mode or default_rnn_mode()
     precision = "fp16" if FLAGS.use_fp16 else FLAGS.precision
-    seed = FLAGS.seed if FLAGS.seed is not None else int(np.random.randint(2 ** 31))
+    seed = runfolder.seed(resume_from, FLAGS.seed, lambda: int(np.random.randint(2 ** 31)))
     chief = cluster is None or cluster.index == 0
     pretrained = None
     if FLAGS.embedding_file and not resume_from and chief:
@@ -406,6 +416,8 @@ def train(cluster, save_path):
                                            config.hidden_size)
         print(f"Embedding: {pretrained[1].sum()} of {len(data.vocab)} words ({pretrained[1].mean():.1%}) start "
               f"from {FLAGS.embedding_file}", flush=True)
+    if save_path:  # every input checked: from here on the folder is this run's (the chief's alone)
+        resume_from = runfolder.claim(save_path, config, data.vocab, len(data.train), FLAGS.model)
     worker = f"worker {cluster.index} of {len(cluster.workers)}, " if cluster else ""
     seed_used = seed if chief else "the chief's"
     print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, {worker}seed: {seed_used}, "

@@ -88,7 +88,8 @@ def build_vocab(words, max_vocab=None):
 def split_paths(data_path):
     """The train, valid and test files of a corpus folder, under the first naming it uses."""
     if not os.path.isdir(data_path):
-        raise DataError(f"data folder {data_path} does not exist: pass --data_path=DIR with DIR holding "
+        what = "is a file, not a folder" if os.path.exists(data_path) else "does not exist"
+        raise DataError(f"data folder {data_path} {what}: pass --data_path=DIR with DIR holding "
                         "ptb.train.txt, ptb.valid.txt and ptb.test.txt")
     for pattern in SPLIT_NAMES:
         paths = [os.path.join(data_path, pattern.format(split)) for split in ("train", "valid", "test")]
@@ -122,12 +123,14 @@ def ptb_raw_data(data_path):
     return data.train, data.valid, data.test, len(data.vocab)
 
 
-def epoch_size(data_len, batch_size, num_steps):
-    """How many windows of num_steps one pass over `batch_size` parallel rows of the data makes."""
+def epoch_size(data_len, batch_size, num_steps, source=None):
+    """How many windows of num_steps one pass over `batch_size` parallel rows of the data makes.
+
+    `source` names the text in the error, for a text too short to make one window."""
     n = ((data_len // batch_size) - 1) // num_steps
     if n <= 0:
-        raise DataError(f"{data_len} words are too few for batch_size={batch_size} x num_steps={num_steps}: "
-                         "use a longer text or a smaller batch_size or num_steps")
+        raise DataError(f"{data_len} words{f' of {source}' if source else ''} are too few for batch_size={batch_size} "
+                        f"x num_steps={num_steps}: use a longer text or a smaller batch_size or num_steps")
     return n
 
 

@@ -1,5 +1,6 @@
 """Bad input to both programs, as a user types it: each ends with a non-zero exit, one line on stderr, no
 traceback, and every file that was there before (corpus, checkpoint folders, the user's own files) unchanged."""
+import fcntl
 import hashlib
 import json
 import os
@@ -8,11 +9,28 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, write_corpus
 
 SENTENCES = "".join(f" the {a} sat on the {b}\n" for a in ("cat", "dog", "rat") for b in ("mat", "rug")) * 40
+
+
+def poison(folder, name="Model/softmax_b"):
+    """Sets variable `name` of the folder's latest checkpoint to nan, as a copy gone wrong or another tool might."""
+    from tf1 import tf
+
+    prefix = tf.train.latest_checkpoint(str(folder))
+    weights = tf.train.load_checkpoint(prefix)
+    with tf.Graph().as_default():
+        variables = {}
+        for n in weights.get_variable_to_shape_map():
+            value = weights.get_tensor(n)
+            variables[n] = tf.Variable(np.full_like(value, np.nan) if n == name else value)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            tf.train.Saver(variables).save(session, prefix, write_meta_graph=False, write_state=False)
 
 
 def run(program, args, stdin=None):
@@ -59,14 +77,20 @@ def env(tmp_path_factory):
     variant("badsize", edit_config(hidden_size=2.5))
     variant("badjson", lambda d: (d / "config.json").write_text("{not json"))
     variant("noeos", lambda d: (d / "vocab.txt").write_text((d / "vocab.txt").read_text().replace("<eos>", "<s>")))
+    variant("nonfinite", poison)
+    variant("legacy", lambda d: [os.remove(d / f) for f in ("run.json", ".lock")])  # as written before run.json
+    variant("badmarker", lambda d: (d / "run.json").write_text('{"written_by": "me"}\n'))
     # Folders of the user's own files, and a corpus of the same vocabulary size but other words.
     for name, files in {"notes": {"notes.txt": "my notes\n"}, "userconfig": {"config.json": '{"lr": 3}\n'},
                         "uservocab": {"vocab.txt": "a\nb\n"}, "usermetrics": {"metrics.jsonl": "epoch,loss\n1,2\n"},
+                        "userplot": {"perplexity.png": "my plot\n"}, "usernote": {"checkpoint": "my note\n"},
+                        "userrun": {"run.json": "{}\n", "metrics.jsonl": '{"epoch": 1}\n'},
                         "folder/inner": {"x.txt": "x\n"}}.items():
         os.makedirs(root / name)
         for file, text in files.items():
             (root / name / file).write_text(text)
     paths["other"] = write_corpus(root / "other", SENTENCES.replace("cat", "cow"))
+    paths["shortvalid"] = write_corpus(root / "shortvalid", SENTENCES, valid=" the cat sat on the mat\n" * 2)
     paths["fifo_corpus"] = write_corpus(root / "fifo_corpus", SENTENCES)
     os.remove(root / "fifo_corpus" / "ptb.train.txt")
     os.mkfifo(root / "fifo_corpus" / "ptb.train.txt")
@@ -81,6 +105,13 @@ def env(tmp_path_factory):
 
 T = "ptb_word_lm.py"
 L = "lm.py"
+B = "benchmark.py"
+HELP = "; python benchmark.py --help lists the flags$"
+NOT_OURS = ("^error: --save_path={{root}}/{} holds {} but no run.json, which a training run writes first: they are "
+            "not a run's files; give an empty or a new folder$")
+NOT_FINITE = (r"^error: the weights {nonfinite}/model.ckpt-41 are not finite \(Model/softmax_b holds nan or inf\): "
+              "they cannot be used; give the folder of a sound training run$")
+EVAL = ["eval", "--save_path={ckpt}", "--input={corpus}/ptb.test.txt"]
 FLAG = r"^error: flag --{}: give an? (integer|number) "
 # (program, arguments, what the one line says, exit code); {name} is a path of env above.
 CASES = [
@@ -121,8 +152,14 @@ CASES = [
     (T, ["--state_keep_prob=0.5", "--rnn_mode=block"], "^error: dropout on the recurrent state needs", 2),
     (T, ["--data_path=/nonexistent/ptb"], "^error: data folder /nonexistent/ptb does not exist", 2),
     (T, ["--data_path={fifo_corpus}"], r"^error: .*ptb.train.txt is not a regular file", 2),
-    (T, ["--data_path={root}/one_word.txt"], "^error: data folder .* does not exist", 2),
-    (T, ["--model=small", "--train_words=300"], "^error: 300 words are too few for batch_size=20 x num_steps=20", 2),
+    (T, ["--data_path={root}/one_word.txt"], "^error: data folder {root}/one_word.txt is a file, not a folder: pass "
+                                             "--data_path=DIR with DIR holding ptb.train.txt, ptb.valid.txt and "
+                                             "ptb.test.txt$", 2),
+    (T, ["--model=small", "--train_words=300"], r"^error: 300 words of {corpus}/ptb.train.txt \(--train_words=300\) "
+                                                "are too few for batch_size=20 x num_steps=20: use a longer text or a "
+                                                "smaller batch_size or num_steps$", 2),
+    (T, ["--data_path={shortvalid}"], "^error: 14 words of {shortvalid}/ptb.valid.txt are too few for batch_size=20 "
+                                      "x num_steps=2: use a longer text or a smaller batch_size or num_steps$", 2),
     (T, ["--embedding_file={folder}"], "^error: --embedding_file=.*folder is not a regular file", 2),
     (T, ["--embedding_file={root}/none.txt"], "^error: --embedding_file=.*none.txt not found", 2),
     (T, ["--embedding_file={fifo}"], "^error: --embedding_file=.*fifo is not a regular file", 2),
@@ -133,9 +170,22 @@ CASES = [
     (T, ["--save_path={root}/notes"], r"^error: --save_path=.*notes holds files a training run did not write "
                                       r"\(notes.txt\)", 2),
     (T, ["--save_path={root}/folder"], r"^error: --save_path=.*folder holds files a training run did not write", 2),
-    (T, ["--save_path={root}/userconfig"], r"^error: .*userconfig/config.json is not a config this program wrote", 2),
-    (T, ["--save_path={root}/uservocab"], "^error: .*uservocab holds a run trained on another vocabulary", 2),
-    (T, ["--save_path={root}/usermetrics"], "^error: .*usermetrics/metrics.jsonl is not one this program wrote", 2),
+    (T, ["--save_path={root}/userconfig"], NOT_OURS.format("userconfig", "config.json"), 2),
+    (T, ["--save_path={root}/uservocab"], NOT_OURS.format("uservocab", "vocab.txt"), 2),
+    (T, ["--save_path={root}/usermetrics"], NOT_OURS.format("usermetrics", "metrics.jsonl"), 2),
+    (T, ["--save_path={root}/userplot"], NOT_OURS.format("userplot", "perplexity.png"), 2),
+    (T, ["--save_path={root}/usernote"], NOT_OURS.format("usernote", "checkpoint"), 2),
+    (T, ["--save_path={root}/userrun"], "^error: {root}/userrun/run.json is not one a training run wrote: give an "
+                                        "empty or a new --save_path$", 2),
+    (T, ["--save_path={badmarker}"], "^error: {badmarker}/run.json is not one a training run wrote: give an empty or "
+                                     "a new --save_path$", 2),
+    (T, ["--save_path={ckpt}", "--train_words=1000"], "^error: {ckpt} holds a run whose epoch is 1680 training words, "
+                                                      "the command's is 1000: resume with that run's --train_words "
+                                                      "and --data_path, or give another --save_path$", 2),
+    (T, ["--save_path={legacy}", "--keep_prob=0.5"], "^error: {legacy} holds a run with keep_prob=1.0, the command "
+                                                     "asks for 0.5: rerun that run's command, or give another "
+                                                     "--save_path$", 2),
+    (T, ["--save_path={nonfinite}"], NOT_FINITE, 2),
     (T, ["--save_path={ckpt}", "--model=small_tied"], "^error: .*ckpt holds a run with max_grad_norm=1, the command "
                                                       "asks for 5", 2),
     (T, ["--save_path={ckpt}", "--embedding_size=3"], "^error: .*ckpt holds a run with embedding_size=None, the "
@@ -187,6 +237,44 @@ CASES = [
                                                "integer", 2),
     (L, ["generate", "--save_path={badjson}"], r"^error: .*config.json is not a config this program wrote", 2),
     (L, ["generate", "--save_path={noeos}"], "^error: the vocabulary has no <eos>", 2),
+    (L, [*EVAL, "--cache_size=0"], FLAG.format("cache_size=0") + r"of at least 1 \(the positions the cache holds\)", 2),
+    (L, [*EVAL, "--cache_theta=-0.5"], FLAG.format(r"cache_theta=-0.5") + "of at least 0", 2),
+    (L, [*EVAL, "--cache_lambda=1.5"], FLAG.format(r"cache_lambda=1.5") + "from 0 to 1", 2),
+    (L, [*EVAL, "--cache_lambda=-0.1"], FLAG.format(r"cache_lambda=-0.1"), 2),
+    (L, [*EVAL, "--dynamic_lr=-0.01"], FLAG.format(r"dynamic_lr=-0.01") + "from 0 to 3.4e38", 2),
+    (L, [*EVAL, "--dynamic_lr=nan"], FLAG.format(r"dynamic_lr=nan"), 2),
+    (L, [*EVAL, "--dynamic_decay=-0.1"], FLAG.format(r"dynamic_decay=-0.1") + "from 0 to 1", 2),
+    (L, [*EVAL, "--dynamic_decay=1.5"], FLAG.format(r"dynamic_decay=1.5"), 2),
+    (L, [*EVAL, "--dynamic_window=0"], FLAG.format("dynamic_window=0") + "of at least 1", 2),
+    (L, [*EVAL, "--cache_size=10"], "^error: the cache needs --cache_size, --cache_theta and --cache_lambda", 2),
+    (L, [*EVAL, "--dynamic_decay=0.1"], "^error: dynamic evaluation needs --dynamic_lr and --dynamic_window", 2),
+    (L, [*EVAL, "--adapt=tuned", "--dynamic_lr=0.1"], "^error: --adapt=tuned takes the values lm.py tune chose: "
+                                                      "leave out --dynamic_lr", 2),
+    (L, [*EVAL, "--adapt=best"], "^error: flag --adapt=best: value should be one of", 2),
+    (L, [*EVAL, "--adapt=tuned"], "^error: .*ckpt holds no adapt.json: choose the values first with python lm.py tune",
+     2),
+    (L, ["tune", "--save_path={ckpt}", "--input={corpus}/ptb.test.txt"], "^error: tune needs --valid=FILE", 2),
+    (L, ["tune", "--save_path={ckpt}", "--valid={corpus}/ptb.valid.txt"], "^error: tune needs --input=FILE", 2),
+    (L, ["tune", "--save_path={ckpt}", "--valid={root}/none.txt", "--input={corpus}/ptb.test.txt"],
+     "^error: --valid=.*none.txt not found", 2),
+    (L, ["tune", "--save_path={ckpt}", "--valid={root}/one_word.txt", "--input={corpus}/ptb.test.txt"],
+     "^error: --valid=.*one_word.txt holds one word", 2),
+    (L, ["generate", "--save_path={nonfinite}"], NOT_FINITE, 2),
+    (L, ["predict", "--save_path={nonfinite}", "--context=the"], NOT_FINITE, 2),
+    (L, ["score", "--save_path={nonfinite}"], NOT_FINITE, 2),
+    (L, ["eval", "--save_path={nonfinite}", "--input={corpus}/ptb.test.txt"], NOT_FINITE, 2),
+    (L, ["export", "--save_path={nonfinite}", "--export_dir={root}/exported"], NOT_FINITE, 2),
+    (L, ["nearest", "--save_path={nonfinite}", "--word=cat"], NOT_FINITE, 2),
+    (L, ["projector", "--save_path={nonfinite}", "--export_dir={root}/projected"], NOT_FINITE, 2),
+    (B, ["--steps=0"], FLAG.format("steps=0") + "of at least 1" + HELP, 2),
+    (B, ["--num_threads=-1"], FLAG.format("num_threads=-1") + r"from 0 \(one per core\) to 1024" + HELP, 2),
+    (B, ["--precisions=fp32,fp8"], r"^error: flag --precisions=\['fp32', 'fp8'\]: fp8 is not one of fp32, bf16, fp16: "
+                                   "give one or more of them, separated by commas" + HELP, 2),
+    (B, ["--modes=block,bogus"], r"^error: flag --modes=\['block', 'bogus'\]: bogus is not one of basic, block, fast, "
+                                 "cudnn, fast_loop, fast_split: give one or more of them, separated by commas"
+                                 + HELP, 2),
+    (B, ["--modes=cudnn"], "^error: rnn_mode cudnn needs a GPU", 2),
+    (B, ["--model=huge"], "^error: flag --model=huge: value should be one of", 2),
 ]
 
 
@@ -194,6 +282,7 @@ CASES = [
                                                                      for c in CASES])
 def test_bad_input(env, program, args, message, code):
     args = [a.format(**env) for a in args]
+    message = message.format(**{k: re.escape(v) for k, v in env.items()})
     if program == T and not any(a.startswith("--data_path") for a in args):
         args.insert(0, f"--data_path={env['corpus']}")
     if program == T and not any(a.startswith("--model") for a in args):
@@ -206,6 +295,21 @@ def test_bad_input(env, program, args, message, code):
     assert len(lines) == 1, result.stderr
     assert re.search(message, lines[0]), lines[0]
     assert snapshot(env["root"]) == before  # nothing written, nothing changed, no folder left behind
+
+
+def test_a_folder_another_training_holds_is_refused_untouched(env):
+    """A training holds its folder's lock (here this test does) for its life: a second one is refused at its start."""
+    lock = os.path.join(env["ckpt"], ".lock")
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        before = snapshot(env["root"])
+        result = run(T, ["--model=test", f"--data_path={env['corpus']}", f"--save_path={env['ckpt']}"])
+    finally:
+        os.close(fd)
+    assert (result.returncode, result.stderr) == (2, f"error: --save_path={env['ckpt']} is in use by another training "
+                                                     "run: wait for it to end, or give another --save_path\n")
+    assert snapshot(env["root"]) == before
 
 
 def test_there_are_at_least_sixty_cases():

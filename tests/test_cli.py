@@ -1,6 +1,7 @@
 """ptb_word_lm.py run as a user runs it: a real training run and every bad input."""
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -48,3 +49,49 @@ def test_missing_empty_and_binary_files(corpus):
     with open(os.path.join(corpus, "ptb.train.txt"), "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n\x00\x00")
     assert_one_line_error(run(f"--data_path={corpus}"), "^error: .*ptb.train.txt is not UTF-8")
+
+
+@pytest.mark.parametrize("program, flag", [("ptb_word_lm.py", "--save_path"), ("lm.py", "--temperature"),
+                                           ("benchmark.py", "--steps")])
+def test_help_exits_0(program, flag):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, program), "--help"], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert f"  {flag}: " in result.stdout and result.stdout.endswith("Try --helpfull to get a list of all flags.\n")
+
+
+# Runs a program with a hook that, at the first import beyond Python's own modules, prints SIGINT's handler.
+FIRST_IMPORT = """
+import runpy, signal, sys
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("absl", "numpy", "tensorflow", "configs"):
+            print(name, getattr(signal.getsignal(signal.SIGINT), "__qualname__", None))
+            sys.exit(0)
+sys.meta_path.insert(0, Hook())
+sys.path.insert(0, {root!r})
+runpy.run_path({program!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("program", ["ptb_word_lm.py", "lm.py", "benchmark.py"])
+def test_ctrl_c_is_one_line_from_the_first_slow_import_on(program):
+    """cli installs its handler before it imports anything slow, and each program imports cli first."""
+    script = FIRST_IMPORT.format(root=ROOT, program=os.path.join(ROOT, program))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert (result.returncode, result.stdout) == (0, "absl _on_signal\n"), result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_benchmark_stopped_by_a_signal(signum):
+    """Starting or timing: either way one line and 128 + the signal, never a traceback or an abort."""
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "benchmark.py"), "--model=test", "--steps=1000000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        process.wait(timeout=6)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert re.fullmatch(rf"error: stopped by signal {signum}( \({signal.Signals(signum).name}\)| while starting)\n",
+                        stderr)

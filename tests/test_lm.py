@@ -145,3 +145,36 @@ def test_bad_checkpoints(trained, tmp_path):
     config = json.loads((partial / "config.json").read_text())
     (partial / "config.json").write_text(json.dumps(dict(config, hidden_size=3)))
     assert_one_line_error(run_lm("generate", f"--save_path={partial}"), "do not fit the config.json and vocab.txt")
+
+
+def test_a_temperature_near_0_picks_the_likeliest_word(trained, model):
+    log_probs = np.log(np.array([0.2, 0.5, 0.3]))
+    rng = np.random.RandomState(0)
+    assert {lm.sample(log_probs, t, None, rng) for t in (1e-320, 1e-300, 1e-8) for _ in range(20)} == {1}
+    log_probs, state = model.log_probs([model.eos, model.word_to_id["the"]])
+    greedy = []
+    for _ in range(8):
+        greedy.append(int(np.argmax(log_probs[-1])))
+        log_probs, state = model.log_probs(greedy[-1:], state)
+    generated = run_lm("generate", f"--save_path={trained[0]}", "--prompt=the", "--num_words=8", "--temperature=1e-300")
+    assert (generated.returncode, generated.stderr) == (0, "")  # no numpy warnings, no NaN
+    assert generated.stdout.split() == ["the"] + [model.vocab[i] for i in greedy if model.vocab[i] != "<eos>"]
+
+
+def test_a_vocabulary_file_without_its_last_line_end_keeps_its_last_word(tmp_path):
+    (tmp_path / "vocab.txt").write_text("the\n<unk>\ncat")
+    assert lm.checkpoint.read_vocab(str(tmp_path)) == ["the", "<unk>", "cat"]
+    (tmp_path / "vocab.txt").write_text("the\n<unk>\ncat\n")
+    assert lm.checkpoint.read_vocab(str(tmp_path)) == ["the", "<unk>", "cat"]
+
+
+def test_a_full_disk_in_export_names_the_export_folder(trained, tmp_path, monkeypatch):
+    """shutil names the file it copied from; the one that had no space is in the export, which is not left behind."""
+    def no_space(src, dst):
+        raise OSError(28, "No space left on device", src, dst)
+
+    monkeypatch.setattr(lm.shutil, "copy", no_space)
+    with pytest.raises(OSError) as failed:
+        lm.export(trained[0], str(tmp_path / "exported"))
+    assert (failed.value.errno, failed.value.filename) == (28, str(tmp_path / "exported"))
+    assert os.listdir(tmp_path) == []

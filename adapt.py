@@ -1,0 +1,363 @@
+"""Test-time adaptation: a lower perplexity from the same trained weights (`lm.py eval`, `lm.py tune`).
+
+A trained model reads a text with fixed weights and forgets whatever its LSTM state cannot hold. Two
+published methods let it use the text it has just read, at no training cost:
+
+- **the neural cache** (Grave, Joulin & Usunier 2017, "Improving Neural Language Models with a
+  Continuous Cache"): h_t, the top LSTM layer's output at position t (the softmax's input), is compared
+  with the h_i of the last N positions; each votes for the word that followed it, with weight
+  exp(theta h_t . h_i). The vote p_cache is mixed into the model's p_vocab:
+      p = (1 - lambda) p_vocab + lambda p_cache      (p_vocab alone where the cache is empty, t = 0)
+  The weights do not change: one pass of the model gives every h_t and p_vocab(target), and any
+  (N, theta, lambda) is then numpy arithmetic on them.
+- **dynamic evaluation** (Krause, Kahembwe, Murray & Renals 2018, "Dynamic Evaluation of Neural
+  Sequence Models"), in its plain SGD form: the text is read in windows of n words, the state carried
+  from one to the next as a constant; each window is scored with the weights theta_s, then
+      theta_{s+1} = theta_s - eta g_s + decay (theta_0 - theta_s)
+  where g_s is the gradient of the window's *mean* loss at theta_s and theta_0 the trained weights.
+  The steps live in the session only: nothing is ever written to the checkpoint.
+
+Both read a text as `lm.py eval` does: one row, the state carried through the file, every word after
+the first predicted once, perplexity = exp(mean of -log p(target)). Combined, the cache is built from
+the hidden states the dynamic pass produces. tune() chooses each method's values on a validation text
+by a coarse grid and then a finer one, and reports both texts.
+"""
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+import checkpoint
+import reader
+from model import MAX_LOG_FLOAT, PTBModel
+from tf1 import tf
+
+CACHE = ("cache_size", "cache_theta", "cache_lambda")  # lm.py eval's flags, and adapt.json's keys
+DYNAMIC = ("dynamic_lr", "dynamic_decay", "dynamic_window")
+SETTINGS = {"static": (), "cache": CACHE, "dynamic": DYNAMIC, "both": CACHE + DYNAMIC}
+EVAL_WINDOW = 100  # lm.py eval's windows: any length scores the same words, longer ones in fewer session runs
+
+# tune's grids, from the literature on PTB (Grave et al. 2017; AWD-LSTM's pointer.py; Krause et al. 2018). The
+# cache's cost nothing but numpy time on one pass's hidden states; each dynamic setting is a pass of the model.
+CACHE_SIZES = (100, 500, 1000, 2000)
+CACHE_THETAS = (0.05, 0.1, 0.2, 0.4, 0.7, 1.2)  # h is in (-1, 1): h_t . h_i is at most the hidden size
+CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
+FINER_SIZES, FINER_THETAS, FINER_LAMBDAS = (0.7, 1, 1.4), (0.7, 0.85, 1, 1.2, 1.4), (-0.04, -0.02, 0, 0.02, 0.04)
+DYNAMIC_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # at DYNAMIC_WINDOW, no decay
+FINER_LRS = (0.56, 1.8)  # half steps of the coarse grid, around its best
+DYNAMIC_WINDOW, DYNAMIC_WINDOWS = 20, (10, 35)  # other windows at the same rate a word (eta scaled with n)
+DYNAMIC_DECAYS = (0.002, 0.006, 0.02)  # a window of DYNAMIC_WINDOW words; scaled with n likewise
+DYNAMIC_PASSES = len(DYNAMIC_LRS) + len(FINER_LRS) + len(DYNAMIC_WINDOWS) + len(DYNAMIC_DECAYS)
+HOPELESS = math.log(1.1)  # a grid's dynamic pass stops once it is 10% worse than static past a quarter of the text
+
+
+def perplexity(log_p):
+    """exp(mean -log p); inf where that is beyond a float, or not a number (a diverged pass)."""
+    mean = -float(np.mean(log_p, dtype=np.float64))
+    return math.exp(mean) if mean <= MAX_LOG_FLOAT else math.inf
+
+
+def rounded(x):
+    """Three significant digits: the grids' values as a user would type them."""
+    return float(f"{x:.3g}")
+
+
+# --- the cache -----------------------------------------------------------------------------------
+
+def cache_log_probs(hidden, targets, size, thetas, block=512):
+    """log p_cache(target) at every position t, for a cache of `size` pairs and each of thetas: {theta: [T]}.
+
+    hidden [T, hidden size]: h_t; targets [T]: the word after position t. Position t's cache holds the
+    pairs (h_i, targets[i]) for max(0, t - size) <= i < t, and p_cache(w) is the share of
+    exp(theta h_t . h_i) that goes to the pairs of word w: -inf where none is the target, nan where the
+    cache is empty (t = 0). Vectorised by blocks of positions: one matmul gives a block's dot products
+    with every pair any of its caches holds; the mask, each row's largest and the shift (log-sum-exp)
+    serve every theta (theta >= 0: the largest score is theta times the largest dot product).
+    """
+    hidden, targets = np.asarray(hidden, np.float32), np.asarray(targets)
+    out = {theta: np.empty(len(targets)) for theta in thetas}
+    for start in range(0, len(targets), block):
+        stop = min(start + block, len(targets))
+        first = max(0, start - size)  # the oldest pair any cache of this block holds
+        age = np.arange(start, stop, dtype=np.int32)[:, None] - np.arange(first, stop, dtype=np.int32)  # t - i
+        inside = (age >= 1) & (age <= size)
+        dots = np.where(inside, hidden[start:stop] @ hidden[first:stop].T, -np.inf)  # [positions, pairs]
+        top = dots.max(axis=1, keepdims=True)
+        top[~np.isfinite(top)] = 0  # an empty cache: no pair at all
+        shifted = dots - top  # <= 0 in the cache, -inf outside
+        same = targets[start:stop, None] == targets[None, first:stop]
+        for theta in thetas:
+            weights = np.exp(theta * shifted) if theta > 0 else inside.astype(np.float32)  # 0 outside the cache
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[theta][start:stop] = (np.log(np.sum(weights, axis=1, where=same, dtype=np.float64))
+                                          - np.log(np.sum(weights, axis=1, dtype=np.float64)))
+    return out
+
+
+def mix(log_vocab, log_cache, lam):
+    """log((1 - lam) p_vocab + lam p_cache) at each position, by log-sum-exp; p_vocab where the cache is empty."""
+    if lam == 0:
+        return np.asarray(log_vocab, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # lam = 1: log 0 = -inf (p = 0); nan: an empty cache
+        mixed = np.logaddexp(np.log1p(-lam) + log_vocab, np.log(lam) + log_cache)
+    return np.where(np.isnan(log_cache), log_vocab, mixed)
+
+
+# --- reading a text, and dynamic evaluation --------------------------------------------------------
+
+class Adapter:
+    """A trained model (lm.LanguageModel) that can also take the steps of dynamic evaluation.
+
+    The trained weights theta_0 are copied into the graph as local variables (never seen by a Saver,
+    so never saved); every dynamic pass starts from them and puts them back when it ends.
+    """
+
+    def __init__(self, lm):
+        self.lm, self.session = lm, lm.session
+        with lm.graph.as_default(), tf.name_scope("adapt"):
+            self.variables = tf.trainable_variables()
+            self.trained = [tf.Variable(tf.zeros(v.shape, v.dtype.base_dtype), trainable=False, name="trained",
+                                        collections=[tf.GraphKeys.LOCAL_VARIABLES]) for v in self.variables]
+            self.session.run(tf.variables_initializer(self.trained))
+            self.session.run([t.assign(v) for t, v in zip(self.trained, self.variables)])
+            self.back_to_trained = tf.group([v.assign(t) for v, t in zip(self.variables, self.trained)])
+            self.lr = tf.placeholder(tf.float32, [], "lr")
+            self.decay = tf.placeholder(tf.float32, [], "decay")
+        self.steppers = {}
+
+    def stepper(self, num_steps):
+        """(model, {decayed: the update op}) for windows of num_steps words (None: any length), built once.
+
+        rnn_mode fast: BlockLSTM's forward, and a gradient that steps back doing only the recurrence per
+        step (model.fast_block_lstm); unrolled when num_steps is known, a tf.while_loop otherwise.
+        """
+        if num_steps not in self.steppers:
+            with self.lm.graph.as_default():
+                with tf.variable_scope("Model", reuse=True):
+                    model = PTBModel(False, self.lm.config, 1, num_steps, rnn_mode="fast")
+                grads = tf.gradients(tf.reduce_mean(model.word_losses), self.variables)
+                # Whatever a window fetches is computed at theta_s, before any variable is written.
+                computed = [model.word_losses, model.final_state, model.outputs]
+                computed += [t for g in grads if g is not None
+                             for t in ((g.values, g.indices) if isinstance(g, tf.IndexedSlices) else (g,))]
+                updates = {decayed: self.update(computed, grads, decayed) for decayed in (False, True)}
+            self.steppers[num_steps] = model, updates
+        return self.steppers[num_steps]
+
+    def update(self, computed, grads, decayed):
+        """theta <- theta - lr g + decay (theta_0 - theta), after `computed` (the window's values at theta).
+
+        The decay term (if decayed) is added first, from theta as it is; then TensorFlow's SGD op subtracts
+        lr g: ResourceApplyGradientDescent, one fused op a variable, and for the embedding, whose gradient
+        is IndexedSlices (the rows of the window's words), a scatter into those rows only.
+        """
+        with tf.control_dependencies(computed):
+            pulls = [v.assign_add(self.decay * (trained - v)) for v, trained in zip(self.variables, self.trained)
+                     ] if decayed else []
+            with tf.control_dependencies(pulls):
+                return tf.train.GradientDescentOptimizer(self.lr).apply_gradients(zip(grads, self.variables))
+
+    def read(self, ids, window, parts, hidden=False, feed=None, reference=None):
+        """One pass over ids as lm.py eval reads them: windows of `window` words, the last shorter, state carried.
+
+        parts(length) -> (model, an op to run with the window, or None). Returns log p(target) at every
+        position, float64 [len(ids) - 1], and with hidden the top layer's output there [len(ids) - 1, size].
+        The pass stops at a non-finite loss, or, given reference (another pass's log p), once past a quarter
+        of the text it is more than 10% worse than that: the rest is scored -inf, no hidden states.
+        """
+        log_p, outputs, state = [], [], None
+        done, total, total_reference = 0, 0.0, 0.0
+        for x, y in reader.ptb_iterator(ids, 1, window, keep_remainder=True):
+            model, op = parts(x.shape[1])
+            fetches = {"losses": model.word_losses, "state": model.final_state}
+            if hidden:
+                fetches["hidden"] = model.outputs
+            if op is not None:
+                fetches["op"] = op
+            feed_dict = {model.input_data: x, model.targets: y, **(feed or {})}
+            if state is not None:
+                feed_dict[model.initial_state] = state
+            got = self.session.run(fetches, feed_dict)
+            log_p.append(-got["losses"][0].astype(np.float64))
+            state = got["state"]
+            if hidden:
+                outputs.append(got["hidden"][0])
+            total += log_p[-1].sum()
+            if reference is not None:
+                total_reference += reference[done:done + len(log_p[-1])].sum()
+            done += len(log_p[-1])
+            if not math.isfinite(total) or (reference is not None and done >= len(reference) / 4
+                                            and (total_reference - total) / done > HOPELESS):
+                return np.concatenate(log_p + [np.full(len(ids) - 1 - done, -np.inf)]), None
+        return np.concatenate(log_p), np.concatenate(outputs) if hidden else None
+
+    def static_pass(self, ids, hidden=False):
+        """log p(target) with the trained weights, as lm.py eval computes it (and h with hidden)."""
+        return self.read(ids, min(EVAL_WINDOW, len(ids) - 1), lambda length: (self.lm.model, None), hidden)
+
+    def dynamic_pass(self, ids, lr, decay, window, hidden=False, reference=None):
+        """log p(target) under dynamic evaluation from the trained weights, which are back in place after."""
+        window = min(window, len(ids) - 1)
+
+        def parts(length):  # the windows' graph; the last, shorter window's takes any length
+            model, updates = self.stepper(window if length == window else None)
+            return model, updates[decay > 0]
+
+        self.session.run(self.back_to_trained)
+        try:
+            return self.read(ids, window, parts, hidden, {self.lr: lr, self.decay: decay}, reference)
+        finally:
+            self.session.run(self.back_to_trained)
+
+
+def log_probs(adapter, ids, settings):
+    """log p(target) at every position of ids under settings: {} (static), CACHE's keys, DYNAMIC's, or both."""
+    cache = CACHE[0] in settings
+    if DYNAMIC[0] in settings:
+        log_p, hidden = adapter.dynamic_pass(ids, *(settings[k] for k in DYNAMIC), hidden=cache)
+    else:
+        log_p, hidden = adapter.static_pass(ids, hidden=cache)
+    if cache and hidden is not None:  # None: the dynamic pass diverged, its perplexity is inf anyway
+        size, theta, lam = (settings[k] for k in CACHE)
+        log_p = mix(log_p, cache_log_probs(hidden, ids[1:], size, [theta])[theta], lam)
+    return log_p
+
+
+def evaluate(adapter, ids, settings):
+    return perplexity(log_probs(adapter, ids, settings))
+
+
+# --- tune: the grids -------------------------------------------------------------------------------
+
+def best_of(results):
+    return min(results, key=results.get)
+
+
+def cache_grid(log_p, hidden, targets, sizes, thetas, lambdas, label, say):
+    """{(N, theta, lambda): perplexity} over the grid; a line a size."""
+    results = {}
+    for n in sizes:
+        clock = time.time()
+        for theta, log_cache in cache_log_probs(hidden, targets, n, thetas).items():
+            for lam in lambdas:
+                results[n, theta, lam] = perplexity(mix(log_p, log_cache, lam))
+        _, theta, lam = best_of({k: v for k, v in results.items() if k[0] == n})
+        say(f"{label}: size={n} x {len(thetas)} thetas x {len(lambdas)} lambdas: best valid "
+            f"{results[n, theta, lam]:.3f} at theta={theta:g} lambda={lam:g} ({time.time() - clock:.0f} s)")
+    return results
+
+
+def search_cache(log_p, hidden, targets, label, say):
+    """The cache's settings with the lowest perplexity: the coarse grid, then a finer one around its best."""
+    results = cache_grid(log_p, hidden, targets, CACHE_SIZES, CACHE_THETAS, CACHE_LAMBDAS, label, say)
+    n, theta, lam = best_of(results)
+    results.update(cache_grid(log_p, hidden, targets, sorted({max(1, round(n * f)) for f in FINER_SIZES}),
+                              [rounded(theta * f) for f in FINER_THETAS],
+                              [rounded(lam + d) for d in FINER_LAMBDAS if 0 < lam + d <= 1], label + ", finer", say))
+    best = best_of(results)
+    say(f"{label}: chosen {flags_text(dict(zip(CACHE, best)))}: valid {results[best]:.3f}")
+    return {**dict(zip(CACHE, best)), "valid": results[best]}
+
+
+def search_dynamic(adapter, ids, reference, say):
+    """Dynamic evaluation's settings with the lowest perplexity, and (log p, h) of that pass.
+
+    The rate first (DYNAMIC_LRS, then half steps around the best), then the window at the same rate a
+    word, then the decay: DYNAMIC_PASSES passes, those clearly worse than `reference` (static) cut short.
+    """
+    results, kept = {}, {}
+
+    def trial(lr, decay, window):
+        key = rounded(lr), rounded(decay), window
+        clock = time.time()
+        log_p, hidden = adapter.dynamic_pass(ids, *key, hidden=True, reference=reference)
+        results[key] = perplexity(log_p)
+        if best_of(results) == key:
+            kept["best"] = log_p, hidden
+        outcome = f"{results[key]:.3f}" if hidden is not None else "- (stopped: diverged, or 10% worse than static)"
+        say(f"dynamic {len(results)}/{DYNAMIC_PASSES}: {flags_text(dict(zip(DYNAMIC, key)))}: valid {outcome} "
+            f"({time.time() - clock:.0f} s)")
+
+    for lr in DYNAMIC_LRS:
+        trial(lr, 0, DYNAMIC_WINDOW)
+    lr, _, window = best_of(results)
+    for f in FINER_LRS:
+        trial(lr * f, 0, window)
+    lr, _, window = best_of(results)
+    for n in DYNAMIC_WINDOWS:
+        trial(lr * n / window, 0, n)
+    lr, _, window = best_of(results)
+    for decay in DYNAMIC_DECAYS:
+        trial(lr, decay * window / DYNAMIC_WINDOW, window)
+    best = best_of(results)
+    say(f"dynamic: chosen {flags_text(dict(zip(DYNAMIC, best)))}: valid {results[best]:.3f}")
+    return {**dict(zip(DYNAMIC, best)), "valid": results[best]}, kept["best"]
+
+
+def tune(adapter, valid, test, say=print):
+    """Each method's settings chosen on the ids `valid`, and every method's perplexity on valid and `test`.
+
+    Passes of the model over valid: 1 static (the cache's grids reuse its hidden states) and
+    DYNAMIC_PASSES dynamic (the combined method's cache grids reuse the best one's); over test, one a method
+    (each timed on its own: 2 static, 2 dynamic).
+    Returns the record adapt.json keeps: {method: {settings..., "valid", "test", "seconds"}, "best": method}.
+    """
+    clock = time.time()
+    static, hidden = adapter.static_pass(valid, hidden=True)
+    record = {"static": {"valid": perplexity(static)}}
+    say(f"static: valid {record['static']['valid']:.3f} ({time.time() - clock:.0f} s)")
+    record["cache"] = search_cache(static, hidden, valid[1:], "cache", say)
+    record["dynamic"], (dynamic, hidden) = search_dynamic(adapter, valid, static, say)
+    if hidden is not None:  # else every setting diverged: nothing to build a cache on
+        cache = search_cache(dynamic, hidden, valid[1:], "both", say)
+        record["both"] = {**{k: cache[k] for k in CACHE}, **{k: record["dynamic"][k] for k in DYNAMIC},
+                          "valid": cache["valid"]}
+
+    say("test: the chosen settings")
+    for method in record:
+        settings = {k: record[method][k] for k in SETTINGS[method]}
+        clock = time.time()
+        record[method]["test"] = evaluate(adapter, test, settings)
+        record[method]["seconds"] = round(time.time() - clock, 1)
+        say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s)")
+    record["best"] = min(record, key=lambda method: record[method]["valid"])
+    return record
+
+
+# --- adapt.json ------------------------------------------------------------------------------------
+
+def flags_text(settings):
+    return " ".join(f"--{k}={v:g}" if isinstance(v, float) else f"--{k}={v}" for k, v in settings.items())
+
+
+def summary(record):
+    """The table tune prints: each method's valid and test perplexity and the flags that give it."""
+    lines = [f"{'method':8} {'valid':>9} {'test':>9}  settings (lm.py eval flags)"]
+    for method in SETTINGS:
+        if method in record:
+            r = record[method]
+            lines.append(f"{method:8} {r['valid']:9.3f} {r['test']:9.3f}  "
+                         f"{flags_text({k: r[k] for k in SETTINGS[method]})}")
+    return lines
+
+
+def write_tuned(save_path, record):
+    checkpoint.write_atomically(os.path.join(save_path, checkpoint.ADAPT), json.dumps(record, indent=2) + "\n")
+
+
+def read_tuned(save_path):
+    """(method, its settings, the whole record) of the method lm.py tune found best, from the folder's adapt.json."""
+    path = os.path.join(save_path, checkpoint.ADAPT)
+    if not os.path.isfile(path):
+        raise checkpoint.CheckpointError(f"{save_path} holds no {checkpoint.ADAPT}: choose the values first with "
+                                         f"python lm.py tune --save_path={save_path} --valid=FILE --input=FILE")
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        method = record["best"]
+        return method, {k: record[method][k] for k in SETTINGS[method]}, record
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise checkpoint.CheckpointError(f"{path} is not one lm.py tune wrote ({type(e).__name__}: {e}): rerun "
+                                         "lm.py tune")

@@ -1,0 +1,143 @@
+"""A training run's folder (--save_path): owned by one training at a time, and known by what a run wrote.
+
+    runs/small/run.json   written when a run takes the folder, before any of its other files: who wrote it,
+                          the config's name, and how many training words make an epoch
+    runs/small/.lock      an empty file, locked (fcntl.flock) by the training writing the folder for its life
+    ...                   the checkpoint (checkpoint.py) and what the run is watched by (monitor.py)
+
+Two trainings on one folder would save over each other: the second is refused at its start. The lock
+is the operating system's, tied to an open file: it ends with the process however that ends (Ctrl-C,
+kill -9, a reboot), so no lock is ever left behind to block a resume.
+
+A folder is a run's if it holds run.json, or, written before run.json existed, a `checkpoint` index
+naming weights beside it with a config and vocabulary that fit the command: that run is adopted and
+run.json written. Anything else (a user's own perplexity.png, metrics.jsonl, a note named checkpoint)
+is refused, never overwritten.
+"""
+import fcntl
+import json
+import os
+
+import configs
+import monitor
+from checkpoint import (CONFIG, RUN_FILES, VOCAB, CheckpointError, latest, read_config, read_vocab, unreadable,
+                        write_atomically)
+from tf1 import tf
+
+MARKER, LOCK, PROGRAM = "run.json", ".lock", "ptb_word_lm.py"
+_held = []  # the lock files this process holds: open, hence locked, until it ends
+
+
+def check(save_path, config, vocab, train_words):
+    """What a training finds in --save_path: None (start anew) or the checkpoint to resume from.
+
+    It only reads: a folder it refuses is left as it was. A folder another training holds is
+    refused first, before the files that training may be writing are read.
+    """
+    if os.path.exists(os.path.join(save_path, LOCK)):
+        os.close(_lock(save_path))  # free: let it go again, claim() takes it
+    return _check(save_path, config, vocab, train_words)[0]
+
+
+def claim(save_path, config, vocab, train_words, model):
+    """Makes the folder this process's: locks it, checks it again (a training that held it may have
+    changed it), and writes run.json if the folder has no checkpoint yet or predates run.json."""
+    _held.append(_lock(save_path))
+    prefix, marker = _check(save_path, config, vocab, train_words)
+    if not (prefix and marker):
+        write_atomically(os.path.join(save_path, MARKER), json.dumps(
+            {"written_by": PROGRAM, "model": model, "train_words": train_words}, indent=2) + "\n")
+    return prefix
+
+
+def _lock(save_path):
+    """An open file descriptor of the folder's lock file, locked; refuses a folder another training holds."""
+    path = os.path.join(save_path, LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CheckpointError(f"cannot open {path} ({e.strerror}): choose a writable --save_path")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CheckpointError(f"--save_path={save_path} is in use by another training run: wait for it to end, or "
+                              "give another --save_path")
+    return fd
+
+
+def read_marker(save_path):
+    """run.json's record, or None if the folder has none; refuses a run.json a training did not write."""
+    path = os.path.join(save_path, MARKER)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        marker = None
+    if not (isinstance(marker, dict) and marker.get("written_by") == PROGRAM
+            and type(marker.get("train_words")) is int):
+        raise CheckpointError(f"{path} is not one a training run wrote: give an empty or a new --save_path")
+    return marker
+
+
+def _check(save_path, config, vocab, train_words):
+    """(the checkpoint to resume from or None, run.json's record or None); refuses what is not this run's."""
+    names = sorted(os.listdir(save_path))
+    foreign = [f for f in names if not RUN_FILES.fullmatch(f)]
+    if foreign:
+        raise CheckpointError(f"--save_path={save_path} holds files a training run did not write "
+                              f"({', '.join(foreign[:3])}): give an empty or a new folder")
+    marker = read_marker(save_path)
+    prefix = latest(save_path)
+    written = [f for f in names if f not in (LOCK, ".write-test") and ".tmp" not in f]  # not leftovers of a kill
+    if marker is None and not prefix and written:
+        raise CheckpointError(f"--save_path={save_path} holds {', '.join(written[:3])} but no {MARKER}, which a "
+                              "training run writes first: they are not a run's files; give an empty or a new folder")
+    have = [f for f in (CONFIG, VOCAB) if os.path.isfile(os.path.join(save_path, f))]
+    if prefix and len(have) < 2:
+        raise CheckpointError(f"{save_path} holds weights but not their {' and '.join({CONFIG, VOCAB} - set(have))}: "
+                              "restore the files, or give another --save_path")
+    if CONFIG in have:
+        saved = read_config(save_path)
+        for name in configs.FIELDS:
+            if name not in configs.SCHEDULE and getattr(saved, name) != getattr(config, name):
+                raise CheckpointError(f"{save_path} holds a run with {name}={getattr(saved, name)!r}, the command "
+                                      f"asks for {getattr(config, name)!r}: rerun that run's command, or give "
+                                      "another --save_path")
+    if VOCAB in have and read_vocab(save_path) != list(vocab):
+        raise CheckpointError(f"{save_path} holds a run trained on another vocabulary: resume with the same "
+                              "--data_path and --max_vocab, or give another --save_path")
+    # An epoch is train_words words: resumed with another number, its step would point elsewhere.
+    if prefix and marker and marker["train_words"] != train_words:
+        raise CheckpointError(f"{save_path} holds a run whose epoch is {marker['train_words']} training words, the "
+                              f"command's is {train_words}: resume with that run's --train_words and --data_path, "
+                              "or give another --save_path")
+    try:
+        monitor.read_metrics(save_path)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{os.path.join(save_path, monitor.METRICS)} is not one this program wrote ({e}): "
+                              "give another --save_path")
+    return prefix, marker
+
+
+SEED_VARIABLE = "Model/Train/dropout_seed"  # model.dropout_seed(): the run's seed, saved with the weights
+
+
+def seed(prefix, flag_seed, draw):
+    """The run's seed: a resumed run's own (its dropout masks go on from it), else --seed or draw().
+
+    A resume given another --seed is refused: the checkpoint's seed would win in silence.
+    """
+    if not prefix:
+        return flag_seed if flag_seed is not None else draw()
+    try:
+        saved = int(tf.train.load_variable(prefix, SEED_VARIABLE))
+    except (tf.errors.OpError, IndexError) as e:  # IndexError: a truncated weights file
+        raise unreadable(prefix, e)
+    if flag_seed is not None and flag_seed != saved:
+        raise CheckpointError(f"{os.path.dirname(prefix)} holds a run with --seed={saved}, the command asks for "
+                              f"--seed={flag_seed}: resume with --seed={saved} (or without --seed), or give another "
+                              "--save_path")
+    return saved

@@ -1,0 +1,254 @@
+"""adapt.py: the neural cache and dynamic evaluation against hand computations, and lm.py eval / tune as a user
+runs them (a model of the test config trained inside the test, small texts)."""
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import adapt
+import checkpoint
+import lm
+import runfolder
+from conftest import ROOT
+from model import PTBModel
+from test_bad_input import snapshot
+from test_cli import assert_one_line_error
+from test_lm import run_lm, trained  # noqa: F401 (trained: the fixture, a checkpoint folder and its corpus)
+from tf1 import tf
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return lm.LanguageModel(trained[0])
+
+
+@pytest.fixture(scope="module")
+def adapter(model):
+    return adapt.Adapter(model)
+
+
+@pytest.fixture
+def folder(trained, tmp_path):
+    """A copy of the checkpoint folder, for the commands that write adapt.json."""
+    shutil.copytree(trained[0], tmp_path / "ckpt")
+    return str(tmp_path / "ckpt")
+
+
+def weights(adapter):
+    return {v.op.name: value for v, value in zip(adapter.variables, adapter.session.run(adapter.variables))}
+
+
+def perplexity_printed(result):
+    assert result.returncode == 0, result.stderr
+    return float(re.search(r"Perplexity: ([\d.]+)", result.stdout).group(1))
+
+
+# --- the cache ---------------------------------------------------------------------------------------
+
+def test_cache_matches_a_hand_computation():
+    """Four positions, N = 2, theta = 0.5, lambda = 0.25, every term written out."""
+    h = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, -1.0]], np.float32)
+    targets = np.array([7, 3, 7, 3])  # the word after each position
+    p_vocab = np.array([0.1, 0.2, 0.3, 0.4])  # p_vocab(target) at each position
+    theta, lam = 0.5, 0.25
+    # t = 0: the cache is empty, p = p_vocab.
+    # t = 1: it holds (h_0, 7); the target is 3: p_cache = 0.
+    # t = 2: (h_0, 7), (h_1, 3); the target 7: exp(0.5 h_2.h_0) / (exp(0.5 h_2.h_0) + exp(0.5 h_2.h_1)).
+    # t = 3: N = 2 drops (h_0, 7): (h_1, 3), (h_2, 7); the target 3: exp(0.5 h_3.h_1) / (... + exp(0.5 h_3.h_2)).
+    p_cache_2 = math.exp(0.5 * 0.5) / (math.exp(0.5 * 0.5) + math.exp(0.5 * 0.5))
+    p_cache_3 = math.exp(0.5 * -1.0) / (math.exp(0.5 * -1.0) + math.exp(0.5 * 0.0))
+    expected = [p_vocab[0], (1 - lam) * p_vocab[1], (1 - lam) * p_vocab[2] + lam * p_cache_2,
+                (1 - lam) * p_vocab[3] + lam * p_cache_3]
+    for block in (1, 3, 512):
+        log_cache = adapt.cache_log_probs(h, targets, 2, [theta], block=block)[theta]
+        assert np.isnan(log_cache[0]) and log_cache[1] == -np.inf
+        np.testing.assert_allclose(np.exp(adapt.mix(np.log(p_vocab), log_cache, lam)), expected, rtol=1e-6)
+    # With N = 3, t = 3 holds (h_0, 7) too: another result, so the window's edge is where the definition puts it.
+    log_cache = adapt.cache_log_probs(h, targets, 3, [theta])[theta]
+    assert abs(np.exp(log_cache[3]) - p_cache_3) > 0.05
+
+
+def test_cache_in_blocks_equals_a_loop_over_positions():
+    rng = np.random.RandomState(0)
+    h = rng.uniform(-1, 1, (50, 3)).astype(np.float32)
+    targets = rng.randint(0, 5, 50)
+    for block in (4, 7, 512):
+        for n, thetas in ((1, [0.8]), (7, [0.0, 0.8]), (60, [2.0, 0.3])):
+            found = adapt.cache_log_probs(h, targets, n, thetas, block=block)
+            for theta, t in itertools.product(thetas, range(1, 50)):
+                i = np.arange(max(0, t - n), t)
+                scores = theta * (h[i].astype(np.float64) @ h[t])
+                p = np.exp(scores) / np.exp(scores).sum()
+                with np.errstate(divide="ignore"):  # no pair of the target's: log 0 = -inf
+                    expected = np.log(p[targets[i] == targets[t]].sum())
+                assert found[theta][t] == pytest.approx(expected, abs=1e-6)  # dot products in float32
+
+
+def test_mix_is_safe_at_the_ends():
+    log_vocab, log_cache = np.log([0.5, 0.5, 0.5]), np.array([np.nan, -np.inf, np.log(0.2)])
+    np.testing.assert_array_equal(adapt.mix(log_vocab, log_cache, 0.0), log_vocab)
+    np.testing.assert_allclose(adapt.mix(log_vocab, log_cache, 1.0), [np.log(0.5), -np.inf, np.log(0.2)])
+    assert adapt.perplexity(adapt.mix(log_vocab, log_cache, 1.0)) == math.inf
+
+
+# --- static and dynamic passes, in-process ------------------------------------------------------------
+
+def test_lambda_zero_and_no_step_give_the_static_eval(trained, model, adapter):
+    path = os.path.join(trained[1], "ptb.test.txt")
+    static = lm.evaluate(model, path)
+    ids = lm.read_ids(model, path)
+    before = weights(adapter)
+    cache = dict(cache_size=50, cache_theta=0.5, cache_lambda=0.0)
+    no_step = dict(dynamic_lr=0.0, dynamic_decay=0.0, dynamic_window=7)
+    for settings in ({}, cache, no_step, {**cache, **no_step}):
+        assert adapt.evaluate(adapter, ids, settings) == pytest.approx(static, rel=1e-6), settings
+    assert adapt.evaluate(adapter, ids, {**cache, "cache_lambda": 0.3}) != pytest.approx(static, rel=1e-3)
+    assert adapt.evaluate(adapter, ids, {**no_step, "dynamic_lr": 0.5}) != pytest.approx(static, rel=1e-3)
+    after = weights(adapter)
+    assert all(np.array_equal(before[name], after[name]) for name in before)  # every pass ends on the trained weights
+
+
+def reference_step(config, start, x, y, state):
+    """(gradient of the window's mean loss at the weights `start`, log p(target), final state), by tf.gradients in a
+    graph of its own: rnn_mode block, whose gradient is TensorFlow's BlockLSTMGrad (the adapter's is fast's)."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.variable_scope("Model"):
+        m = PTBModel(False, config, 1, len(x), rnn_mode="block")
+        variables = tf.trainable_variables()
+        grads = [tf.convert_to_tensor(g) for g in tf.gradients(tf.reduce_mean(m.word_losses), variables)]
+    with tf.Session(graph=graph) as session:
+        for v in variables:
+            v.load(start[v.op.name], session)
+        feed = {m.input_data: [x], m.targets: [y], m.initial_state: state}
+        grads, losses, final_state = session.run([grads, m.word_losses, m.final_state], feed)
+    return {v.op.name: g for v, g in zip(variables, grads)}, -losses[0], final_state
+
+
+def test_a_window_takes_one_sgd_step_and_the_decay_pulls_back_from_the_second(model, adapter):
+    """theta_1 = theta_0 - lr g_0; theta_2 = theta_1 - lr g_1 + decay (theta_0 - theta_1); g from another graph."""
+    lr, decay, n = 0.5, 0.3, 4
+    ids = model.encode("<eos> the cat the sat the dog on the".split())  # repeated words: the embedding's rows add up
+    windows = [(ids[:n], ids[1:n + 1]), (ids[n:2 * n], ids[n + 1:2 * n + 1])]
+    size, layers = model.config.hidden_size, model.config.num_layers
+    model_, updates = adapter.stepper(n)
+
+    def run_windows(count):
+        """(log p(target) the adapter scored, its weights after) for `count` windows read from the trained weights."""
+        adapter.session.run(adapter.back_to_trained)
+        log_p, _ = adapter.read(ids[:count * n + 1], n, lambda length: (model_, updates[True]),
+                                feed={adapter.lr: lr, adapter.decay: decay})
+        got = weights(adapter)
+        adapter.session.run(adapter.back_to_trained)
+        return log_p, got
+
+    theta_0 = weights(adapter)
+    g_0, log_p_0, state = reference_step(model.config, theta_0, *windows[0],
+                                         np.zeros([layers, 2, 1, size], np.float32))
+    theta_1 = {k: theta_0[k] - lr * g_0[k] for k in theta_0}
+    g_1, log_p_1, _ = reference_step(model.config, theta_1, *windows[1], state)
+    theta_2 = {k: theta_1[k] - lr * g_1[k] + decay * (theta_0[k] - theta_1[k]) for k in theta_0}
+    assert max(np.abs(lr * g).max() for g in g_0.values()) > 1e-2  # steps far above the tolerance
+    assert max(np.abs(decay * (theta_0[k] - theta_1[k])).max() for k in theta_0) > 1e-3
+    # Each window is scored with the weights before its step: window 1 with theta_0, window 2 with theta_1.
+    scored, _ = run_windows(2)
+    np.testing.assert_allclose(scored, np.concatenate([log_p_0, log_p_1]), rtol=1e-5, atol=1e-6)
+    assert np.abs(reference_step(model.config, theta_0, *windows[1], state)[1] - log_p_1).max() > 1e-4  # not theta_0
+    for (_, got), expected in ((run_windows(1), theta_1), (run_windows(2), theta_2)):
+        assert set(got) == set(expected)
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# --- lm.py eval and tune, as a user runs them -------------------------------------------------------
+
+def test_eval_flags_and_the_folder_unchanged(trained):
+    save_path, corpus, _ = trained
+    before = snapshot(save_path)
+    text = f"--input={corpus}/ptb.test.txt"
+    static = perplexity_printed(run_lm("eval", f"--save_path={save_path}", text))
+    cache = ["--cache_size=100", "--cache_theta=0.5"]
+    assert perplexity_printed(run_lm("eval", f"--save_path={save_path}", text, *cache, "--cache_lambda=0")) == \
+        pytest.approx(static, abs=0.0015)
+    assert perplexity_printed(run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0", "--dynamic_window=9",
+                                     "--dynamic_decay=0")) == pytest.approx(static, abs=0.0015)
+    both = run_lm("eval", f"--save_path={save_path}", text, *cache, "--cache_lambda=0.1", "--dynamic_lr=0.3",
+                  "--dynamic_window=9")
+    assert perplexity_printed(both) != pytest.approx(static, abs=0.01)
+    assert both.stdout.strip().endswith("with --cache_size=100 --cache_theta=0.5 --cache_lambda=0.1 --dynamic_lr=0.3 "
+                                        "--dynamic_decay=0 --dynamic_window=9")
+    assert snapshot(save_path) == before
+
+
+def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
+    corpus = trained[1]
+    before = snapshot(folder)
+    tuned = run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt")
+    assert tuned.returncode == 0, tuned.stderr
+    passes = adapt.DYNAMIC_PASSES
+    assert re.search(rf"^dynamic {passes}/{passes}: ", tuned.stdout, re.M) and "cache, finer: size=" in tuned.stdout
+    after = snapshot(folder)
+    after.pop(os.path.join(folder, checkpoint.ADAPT))
+    with open(os.path.join(folder, checkpoint.ADAPT)) as f:
+        record = json.load(f)
+    assert after == before  # the weights and every other file as they were
+    assert set(record) == {"static", "cache", "dynamic", "both", "best", "checkpoint", "valid", "test"}
+    assert record["best"] == min(adapt.SETTINGS, key=lambda method: record[method]["valid"])
+    test = lm.read_ids(model, f"{corpus}/ptb.test.txt")
+    for text in ("valid", "test"):  # the folder's weights are the fixture model's
+        assert record["static"][text] == pytest.approx(lm.evaluate(model, f"{corpus}/ptb.{text}.txt"), rel=1e-6)
+    best = record["best"]
+    applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt", "--adapt=tuned")
+    assert perplexity_printed(applied) == pytest.approx(record[best]["test"], abs=0.0015)
+    assert applied.stdout.strip().endswith(adapt.flags_text({k: record[best][k] for k in adapt.SETTINGS[best]}))
+    # Values of our own in adapt.json: eval --adapt=tuned applies them.
+    ours = dict(cache_size=3, cache_theta=0.25, cache_lambda=0.4)
+    record.update(best="cache", cache=dict(record["cache"], **ours))
+    with open(os.path.join(folder, checkpoint.ADAPT), "w") as f:
+        json.dump(record, f)
+    applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt", "--adapt=tuned")
+    assert perplexity_printed(applied) == pytest.approx(adapt.evaluate(adapter, test, ours), abs=0.0015)
+    assert applied.stdout.strip().endswith("with --cache_size=3 --cache_theta=0.25 --cache_lambda=0.4")
+    # A training run resumes on a tuned folder: adapt.json is one of the files runs write.
+    config, vocab, prefix = checkpoint.load(folder)
+    assert runfolder.check(folder, config, vocab, runfolder.read_marker(folder)["train_words"]) == prefix
+
+
+def test_eval_tuned_refuses_a_bad_adapt_json(trained, folder):
+    text = f"--input={trained[1]}/ptb.test.txt"
+    path = os.path.join(folder, checkpoint.ADAPT)
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert_one_line_error(run_lm("eval", f"--save_path={folder}", text, "--adapt=tuned"),
+                          "^error: .*adapt.json is not one lm.py tune wrote .*: rerun lm.py tune$")
+    with open(path, "w") as f:
+        json.dump({"best": "dynamic", "dynamic": {"dynamic_lr": -1, "dynamic_decay": 0, "dynamic_window": 5}}, f)
+    assert_one_line_error(run_lm("eval", f"--save_path={folder}", text, "--adapt=tuned"),
+                          r"^error: .*adapt.json holds dynamic_lr=-1: give a number from 0 to 3.4e38; rerun lm.py tune")
+
+
+def test_ctrl_c_in_tune_ends_with_one_line_and_writes_nothing(trained, folder):
+    corpus = trained[1]
+    before = snapshot(folder)
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "lm.py"), "tune", f"--save_path={folder}",
+                                f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    seen = []
+    for line in process.stdout:  # the grid is under way: 12 more dynamic passes and the test passes to go
+        seen.append(line)
+        if line.startswith("dynamic 1/"):
+            process.send_signal(signal.SIGINT)
+            break
+    _, stderr = process.communicate(timeout=300)
+    assert seen[-1].startswith("dynamic 1/"), seen
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert re.fullmatch(r"error: stopped by signal 2.*", stderr.strip())
+    assert snapshot(folder) == before  # no adapt.json, no adapt.json.tmp
