@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Issue 19: words/s of one process with 2 threads against 2 workers (TF_CONFIG, 127.0.0.1) with 1 thread each,
 # on one 2-core machine; a part of an epoch of the small and the medium config (fast mode, fp32), nothing else
-# running. Output: results/distribute-speed.txt. Usage, from the project root:
+# running. Output: results/distribute-speed-avx2.txt or -avx512.txt, by the CPU. Usage, from the project root:
 #   bash results/distribute_speed.sh ../shared/data/ptb
 set -euo pipefail
 DATA=${1:?give the corpus folder}
 WORDS=${WORDS:-150000}
+OUT=results/distribute-speed-$(grep -q avx512f /proc/cpuinfo && echo avx512 || echo avx2).txt
 {
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC') | commit $(git rev-parse --short HEAD) | CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(grep -o -m1 'avx512[a-z_]*' /proc/cpuinfo || echo 'AVX2 only')"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC') | commit $(git rev-parse --short HEAD) | CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(grep -q avx512f /proc/cpuinfo && echo 'AVX-512' || echo 'AVX2 only')"
 for model in small medium; do
   ARGS="--data_path=$DATA --model=$model --seed=1 --max_max_epoch=1 --train_words=$WORDS"
   echo "## $model: python ptb_word_lm.py $ARGS --num_threads=2"
@@ -25,4 +26,4 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
       python ptb_word_lm.py $ARGS --num_threads=1 2>&1 | grep -E '^0\.[0-9]+ perplexity' | head -9 || true
   wait
 done
-} | tee results/distribute-speed.txt
+} | tee "$OUT"
