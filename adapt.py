@@ -16,6 +16,11 @@ published methods let it use the text it has just read, at no training cost:
       theta_{s+1} = theta_s - eta g_s + decay (theta_0 - theta_s)
   where g_s is the gradient of the window's *mean* loss at theta_s and theta_0 the trained weights.
   The steps live in the session only: nothing is ever written to the checkpoint.
+  Or in Krause et al.'s RMS form ("RMS with a global decay prior", their dynamiceval.py): first, at theta_0,
+  MS = the mean of g^2 (elementwise) over K windows of a training text, rms = sqrt(MS); then
+      theta_{s+1} = theta_s - eta g_s / (rms + eps) + min(decay rms / mean_rms, 1) (theta_0 - theta_s)
+  where mean_rms is the mean over the variables of each one's mean rms (Krause's gsum): weights whose
+  gradient is usually large move more, and are pulled back harder.
 
 Both read a text as `lm.py eval` does: one row, the state carried through the file, every word after
 the first predicted once, perplexity = exp(mean of -log p(target)). Combined, the cache is built from
@@ -36,6 +41,7 @@ from tf1 import tf
 
 CACHE = ("cache_size", "cache_theta", "cache_lambda")  # lm.py eval's flags, and adapt.json's keys
 DYNAMIC = ("dynamic_lr", "dynamic_decay", "dynamic_window")
+RMS = ("dynamic_rms", "dynamic_stat_words", "dynamic_eps")  # dynamic evaluation's RMS form, with DYNAMIC's
 SETTINGS = {"static": (), "cache": CACHE, "dynamic": DYNAMIC, "both": CACHE + DYNAMIC}
 EVAL_WINDOW = 100  # lm.py eval's windows: any length scores the same words, longer ones in fewer session runs
 
@@ -111,10 +117,12 @@ class Adapter:
     """A trained model (lm.LanguageModel) that can also take the steps of dynamic evaluation.
 
     The trained weights theta_0 are copied into the graph as local variables (never seen by a Saver,
-    so never saved); every dynamic pass starts from them and puts them back when it ends.
+    so never saved); every dynamic pass starts from them and puts them back when it ends. Given
+    `statistics` (the ids of a training text), it can take the RMS form's steps too: rms, a local
+    variable a weight, is gathered on that text the first time a window length needs it.
     """
 
-    def __init__(self, lm):
+    def __init__(self, lm, statistics=None):
         self.lm, self.session = lm, lm.session
         with lm.graph.as_default(), tf.name_scope("adapt"):
             self.variables = tf.trainable_variables()
@@ -125,10 +133,25 @@ class Adapter:
             self.back_to_trained = tf.group([v.assign(t) for v, t in zip(self.variables, self.trained)])
             self.lr = tf.placeholder(tf.float32, [], "lr")
             self.decay = tf.placeholder(tf.float32, [], "decay")
+            if statistics is not None:
+                self.rms = [tf.Variable(tf.zeros(v.shape, v.dtype.base_dtype), trainable=False, name="rms",
+                                        collections=[tf.GraphKeys.LOCAL_VARIABLES]) for v in self.variables]
+                self.mean_rms = tf.Variable(0.0, trainable=False, name="mean_rms",
+                                            collections=[tf.GraphKeys.LOCAL_VARIABLES])
+                self.eps = tf.placeholder(tf.float32, [], "eps")
+                self.windows = tf.placeholder(tf.float32, [], "windows")
+                self.clear_rms = tf.variables_initializer(self.rms)
+                self.root_rms = tf.group([r.assign(tf.sqrt(r / self.windows)) for r in self.rms])
+                self.average_rms = self.mean_rms.assign(tf.add_n([tf.reduce_mean(r) for r in self.rms])
+                                                        / len(self.rms))
+        self.statistics, self.rms_window = statistics, None
         self.steppers = {}
 
     def stepper(self, num_steps):
         """(model, {decayed: the update op}) for windows of num_steps words (None: any length), built once.
+
+        With statistics, the dict also holds {("rms", decayed): the RMS form's update, "gather": the op that adds
+        the window's g^2 to rms}.
 
         rnn_mode fast: BlockLSTM's forward, and a gradient that steps back doing only the recurrence per
         step (model.fast_block_lstm); unrolled when num_steps is known, a tf.while_loop otherwise.
@@ -143,21 +166,64 @@ class Adapter:
                 computed += [t for g in grads if g is not None
                              for t in ((g.values, g.indices) if isinstance(g, tf.IndexedSlices) else (g,))]
                 updates = {decayed: self.update(computed, grads, decayed) for decayed in (False, True)}
+                if self.statistics is not None:
+                    updates.update({("rms", decayed): self.update(computed, grads, decayed, rms=True)
+                                    for decayed in (False, True)})
+                    updates["gather"] = tf.group([self.add_square(r, g) for r, g in zip(self.rms, grads)
+                                                  if g is not None])
             self.steppers[num_steps] = model, updates
         return self.steppers[num_steps]
 
-    def update(self, computed, grads, decayed):
+    def update(self, computed, grads, decayed, rms=False):
         """theta <- theta - lr g + decay (theta_0 - theta), after `computed` (the window's values at theta).
 
         The decay term (if decayed) is added first, from theta as it is; then TensorFlow's SGD op subtracts
         lr g: ResourceApplyGradientDescent, one fused op a variable, and for the embedding, whose gradient
         is IndexedSlices (the rows of the window's words), a scatter into those rows only.
+        With rms, Krause's form: g / (rms + eps) for g, and decay min(rms / mean_rms, 1 / decay) for decay
+        (his clip keeps a weight's pull below the whole distance back to theta_0).
         """
+        rates = ([tf.minimum(self.decay * r / self.mean_rms, 1.0) for r in self.rms] if rms
+                 else [self.decay] * len(self.variables))
         with tf.control_dependencies(computed):
-            pulls = [v.assign_add(self.decay * (trained - v)) for v, trained in zip(self.variables, self.trained)
+            pulls = [v.assign_add(rate * (trained - v)) for v, trained, rate in zip(self.variables, self.trained, rates)
                      ] if decayed else []
             with tf.control_dependencies(pulls):
+                if rms:
+                    grads = [self.normalised(g, r) for g, r in zip(grads, self.rms)]
                 return tf.train.GradientDescentOptimizer(self.lr).apply_gradients(zip(grads, self.variables))
+
+    def normalised(self, g, r):
+        """g / (rms + eps); for the embedding's IndexedSlices each row by its own rms (repeated rows add up after)."""
+        if isinstance(g, tf.IndexedSlices):
+            return tf.IndexedSlices(g.values / (tf.gather(r, g.indices) + self.eps), g.indices, g.dense_shape)
+        return None if g is None else g / (r + self.eps)
+
+    @staticmethod
+    def add_square(r, g):
+        """r += g^2; the embedding's rows outside the window have g = 0, a repeated row's slices are summed first."""
+        if isinstance(g, tf.IndexedSlices):
+            rows, at = tf.unique(g.indices)
+            return r.scatter_add(tf.IndexedSlices(tf.square(tf.math.unsorted_segment_sum(g.values, at, tf.size(rows))),
+                                                  rows))
+        return r.assign_add(tf.square(g))
+
+    def gather_statistics(self, window):
+        """rms and mean_rms at theta_0 from the statistics text: its full windows of `window` words, batch 1,
+        the state carried (as the adapted pass reads), g the gradient of each window's mean loss."""
+        if self.rms_window == window:
+            return
+        count = (len(self.statistics) - 1) // window
+        if count < 1:
+            raise ValueError(f"the RMS form's training text holds {len(self.statistics)} words: give one of more "
+                             f"than --dynamic_window={window}")
+        model, updates = self.stepper(window)
+        self.rms_window = None  # until complete: an interrupted gathering is not kept
+        self.session.run([self.back_to_trained, self.clear_rms])
+        self.read(self.statistics[:count * window + 1], window, lambda length: (model, updates["gather"]))
+        self.session.run(self.root_rms, {self.windows: count})
+        self.session.run(self.average_rms)
+        self.rms_window = window
 
     def read(self, ids, window, parts, hidden=False, feed=None, reference=None):
         """One pass over ids as lm.py eval reads them: windows of `window` words, the last shorter, state carried.
@@ -197,17 +263,23 @@ class Adapter:
         """log p(target) with the trained weights, as lm.py eval computes it (and h with hidden)."""
         return self.read(ids, min(EVAL_WINDOW, len(ids) - 1), lambda length: (self.lm.model, None), hidden)
 
-    def dynamic_pass(self, ids, lr, decay, window, hidden=False, reference=None):
-        """log p(target) under dynamic evaluation from the trained weights, which are back in place after."""
+    def dynamic_pass(self, ids, lr, decay, window, hidden=False, reference=None, eps=None):
+        """log p(target) under dynamic evaluation from the trained weights, which are back in place after.
+
+        With eps, the RMS form (the Adapter needs its statistics text)."""
         window = min(window, len(ids) - 1)
+        feed = {self.lr: lr, self.decay: decay}
+        if eps is not None:
+            self.gather_statistics(window)
+            feed[self.eps] = eps
 
         def parts(length):  # the windows' graph; the last, shorter window's takes any length
             model, updates = self.stepper(window if length == window else None)
-            return model, updates[decay > 0]
+            return model, updates[decay > 0] if eps is None else updates["rms", decay > 0]
 
         self.session.run(self.back_to_trained)
         try:
-            return self.read(ids, window, parts, hidden, {self.lr: lr, self.decay: decay}, reference)
+            return self.read(ids, window, parts, hidden, feed, reference)
         finally:
             self.session.run(self.back_to_trained)
 
@@ -216,7 +288,8 @@ def log_probs(adapter, ids, settings):
     """log p(target) at every position of ids under settings: {} (static), CACHE's keys, DYNAMIC's, or both."""
     cache = CACHE[0] in settings
     if DYNAMIC[0] in settings:
-        log_p, hidden = adapter.dynamic_pass(ids, *(settings[k] for k in DYNAMIC), hidden=cache)
+        log_p, hidden = adapter.dynamic_pass(ids, *(settings[k] for k in DYNAMIC), hidden=cache,
+                                             eps=settings.get("dynamic_eps"))
     else:
         log_p, hidden = adapter.static_pass(ids, hidden=cache)
     if cache and hidden is not None:  # None: the dynamic pass diverged, its perplexity is inf anyway

@@ -8,6 +8,8 @@ possible next word a probability, and that is all these commands read off it.
     python lm.py eval     --save_path=DIR --input=ptb.test.txt
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --cache_size=2000 --cache_theta=0.3 --cache_lambda=0.1
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --dynamic_lr=0.03 --dynamic_window=20 --dynamic_decay=0
+    python lm.py eval     --save_path=DIR --input=ptb.test.txt --dynamic_lr=2e-5 --dynamic_window=5 \
+                          --dynamic_decay=0.002 --dynamic_rms=ptb.train.txt   # Krause et al.'s RMS form
     python lm.py tune     --save_path=DIR --valid=ptb.valid.txt --input=ptb.test.txt   # writes DIR/adapt.json
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --adapt=tuned          # the values tune chose
     python lm.py export   --save_path=DIR --export_dir=DIR/saved_model
@@ -59,6 +61,11 @@ flags.DEFINE_float("dynamic_lr", None, "eval: dynamic evaluation's step on each 
 flags.DEFINE_float("dynamic_decay", None, "eval: dynamic evaluation pulls the weights back by decay x (trained - "
                    "current) a window (default 0).")
 flags.DEFINE_integer("dynamic_window", None, "eval: dynamic evaluation steps after every window of this many words.")
+flags.DEFINE_string("dynamic_rms", None, "eval: dynamic evaluation in Krause et al.'s RMS form, its gradient "
+                    "statistics gathered on this training text (ptb.train.txt).")
+flags.DEFINE_integer("dynamic_stat_words", None, "eval: with --dynamic_rms, gather the statistics on its first N words "
+                     "only (default: all).")
+flags.DEFINE_float("dynamic_eps", 2e-5, "eval: with --dynamic_rms, the step is lr g / (rms + eps) (Krause's 2e-5).")
 flags.DEFINE_enum("adapt", None, ["tuned"], "eval: apply what lm.py tune chose and wrote to --save_path/adapt.json.")
 flags.DEFINE_string("valid", None, "tune: the text to choose the adaptation's settings on (ptb.valid.txt).")
 FLAGS = flags.FLAGS
@@ -262,7 +269,8 @@ def run_score(lm):
 def adaptation():
     """What eval applies, from the flags: {} (nothing), or the settings of the cache, dynamic evaluation or both
     (adapt.CACHE, adapt.DYNAMIC); with --adapt=tuned, None (tuned_adaptation reads them once the model is loaded)."""
-    given = {name: FLAGS[name].value for name in adapt.CACHE + adapt.DYNAMIC if FLAGS[name].value is not None}
+    given = {name: FLAGS[name].value for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS[:2]
+             if FLAGS[name].value is not None}
     if FLAGS.adapt == "tuned":
         if given:
             raise UsageError(f"--adapt=tuned takes the values lm.py tune chose: leave out --{' --'.join(given)}")
@@ -274,14 +282,30 @@ def adaptation():
                          "given (lm.py tune chooses them)")
     if "dynamic_lr" in given and "dynamic_decay" not in given:
         given["dynamic_decay"] = 0.0
-    return {name: given[name] for name in adapt.CACHE + adapt.DYNAMIC if name in given}  # adapt.json's order
+    if "dynamic_rms" not in given and (FLAGS["dynamic_stat_words"].present or FLAGS["dynamic_eps"].present):
+        raise UsageError("--dynamic_stat_words and --dynamic_eps are the RMS form's: give --dynamic_rms=FILE too")
+    if "dynamic_rms" in given:
+        if "dynamic_lr" not in given:
+            raise UsageError("--dynamic_rms needs --dynamic_lr and --dynamic_window (its steps' rate and windows)")
+        given["dynamic_eps"] = FLAGS.dynamic_eps
+    return {name: given[name] for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS if name in given}  # adapt.json order
+
+
+def adapter(lm, settings):
+    """The adapt.Adapter for settings: with the RMS form's, the ids of its statistics text (--dynamic_rms)."""
+    statistics = None
+    if "dynamic_rms" in settings:
+        statistics = read_ids(lm, settings["dynamic_rms"], "--dynamic_rms")
+        if settings.get("dynamic_stat_words") is not None:
+            statistics = statistics[:settings["dynamic_stat_words"] + 1]
+    return adapt.Adapter(lm, statistics)
 
 
 def tuned_adaptation(lm):
     """The settings lm.py tune found best for the folder (adapt.json), checked as the flags are."""
     _, settings, record = adapt.read_tuned(FLAGS.save_path)
     for name, value in settings.items():
-        if cli.range_error(name, value):
+        if name in cli.RANGES and cli.range_error(name, value):
             raise UsageError(f"{os.path.join(FLAGS.save_path, checkpoint.ADAPT)} holds {name}={value!r}: "
                              f"{cli.range_error(name, value)}; rerun lm.py tune")
     if record.get("checkpoint") != os.path.basename(lm.prefix):
@@ -344,7 +368,7 @@ def run(command):
     elif command == "eval" and not settings:
         print(f"Perplexity: {evaluate(lm, FLAGS.input):.3f}")
     elif command == "eval":
-        perplexity = adapt.evaluate(adapt.Adapter(lm), read_ids(lm, FLAGS.input), settings)
+        perplexity = adapt.evaluate(adapter(lm, settings), read_ids(lm, FLAGS.input), settings)
         print(f"Perplexity: {perplexity:.3f} with {adapt.flags_text(settings)}")
     elif command == "tune":
         run_tune(lm)

@@ -167,6 +167,84 @@ def test_a_window_takes_one_sgd_step_and_the_decay_pulls_back_from_the_second(mo
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_the_rms_form_normalises_the_step_and_scales_the_decay(model):
+    """Krause's RMS form: rms from g^2 over the statistics text's windows (numpy, on another graph's gradients);
+    theta_1 = theta_0 - lr g_0 / (rms + eps); theta_2 = theta_1 - lr g_1 / (rms + eps) + min(decay rms / mean_rms, 1)
+    (theta_0 - theta_1), mean_rms the mean of the variables' mean rms."""
+    lr, decay, eps, n = 0.05, 0.3, 1e-3, 4
+    ids = model.encode("<eos> the cat the sat the dog on the".split())
+    statistics = model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split())  # 3 windows
+    adapter = adapt.Adapter(model, statistics)
+    windows = [(ids[:n], ids[1:n + 1]), (ids[n:2 * n], ids[n + 1:2 * n + 1])]
+    size, layers = model.config.hidden_size, model.config.num_layers
+    zero = np.zeros([layers, 2, 1, size], np.float32)
+    theta_0 = weights(adapter)
+    squares, state = [], zero
+    for k in range(3):
+        g, _, state = reference_step(model.config, theta_0, statistics[k * n:(k + 1) * n],
+                                     statistics[k * n + 1:(k + 1) * n + 1], state)
+        squares.append({name: g[name].astype(np.float64) ** 2 for name in g})
+    rms = {name: np.sqrt(np.mean([s[name] for s in squares], axis=0)) for name in theta_0}
+    mean_rms = np.mean([rms[name].mean() for name in rms])
+    assert min(r.min() for r in rms.values()) == 0  # the embedding's rows of words the text lacks: eps alone
+    adapter.gather_statistics(n)
+    got = dict(zip([v.op.name for v in adapter.variables], adapter.session.run(adapter.rms)))
+    for name in rms:
+        np.testing.assert_allclose(got[name], rms[name], rtol=1e-4, atol=1e-7, err_msg=name)
+    assert adapter.session.run(adapter.mean_rms) == pytest.approx(mean_rms, rel=1e-4)
+
+    model_, updates = adapter.stepper(n)
+
+    def run_windows(count):
+        adapter.session.run(adapter.back_to_trained)
+        log_p, _ = adapter.read(ids[:count * n + 1], n, lambda length: (model_, updates["rms", True]),
+                                feed={adapter.lr: lr, adapter.decay: decay, adapter.eps: eps})
+        got = weights(adapter)
+        adapter.session.run(adapter.back_to_trained)
+        return log_p, got
+
+    g_0, log_p_0, state = reference_step(model.config, theta_0, *windows[0], zero)
+    theta_1 = {k: theta_0[k] - lr * g_0[k] / (rms[k] + eps) for k in theta_0}
+    g_1, log_p_1, _ = reference_step(model.config, theta_1, *windows[1], state)
+    rate = {k: np.minimum(decay * rms[k] / mean_rms, 1) for k in theta_0}
+    theta_2 = {k: theta_1[k] - lr * g_1[k] / (rms[k] + eps) + rate[k] * (theta_0[k] - theta_1[k]) for k in theta_0}
+    assert max(np.abs(theta_1[k] - theta_0[k]).max() for k in theta_0) > 1e-2  # steps far above the tolerance
+    assert any((r == 1).any() for r in rate.values()) and any((r < 0.1).any() for r in rate.values())  # clipped, not
+    scored, _ = run_windows(2)
+    np.testing.assert_allclose(scored, np.concatenate([log_p_0, log_p_1]), rtol=1e-5, atol=1e-6)
+    for (_, got), expected in ((run_windows(1), theta_1), (run_windows(2), theta_2)):
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # No step and no decay: the static eval, and the weights back as they were.
+    static = adapter.static_pass(ids)[0]
+    no_step = dict(dynamic_lr=0.0, dynamic_decay=0.0, dynamic_window=n, dynamic_eps=eps)
+    np.testing.assert_allclose(adapt.log_probs(adapter, ids, no_step), static, rtol=1e-6, atol=1e-6)
+    assert adapt.evaluate(adapter, ids, {**no_step, "dynamic_lr": lr}) != pytest.approx(adapt.perplexity(static),
+                                                                                         rel=1e-3)
+    assert all(np.array_equal(theta_0[k], v) for k, v in weights(adapter).items())
+
+
+def test_eval_in_the_rms_form_and_its_flags(trained):
+    save_path, corpus, _ = trained
+    before = snapshot(save_path)
+    text = f"--input={corpus}/ptb.test.txt"
+    static = perplexity_printed(run_lm("eval", f"--save_path={save_path}", text))
+    rms = [f"--dynamic_rms={corpus}/ptb.train.txt", "--dynamic_stat_words=500", "--dynamic_window=9"]
+    no_step = run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0", *rms)
+    assert perplexity_printed(no_step) == pytest.approx(static, abs=0.0015)
+    assert no_step.stdout.strip().endswith(f"with --dynamic_lr=0 --dynamic_decay=0 --dynamic_window=9 "
+                                           f"--dynamic_rms={corpus}/ptb.train.txt --dynamic_stat_words=500 "
+                                           "--dynamic_eps=2e-05")
+    assert perplexity_printed(run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0.01",
+                                     "--dynamic_decay=0.01", *rms)) != pytest.approx(static, abs=0.01)
+    assert snapshot(save_path) == before
+    for bad, message in ((["--dynamic_eps=0"], "flag --dynamic_eps=0.0: give a number above 0"),
+                         (["--dynamic_stat_words=1"], "flag --dynamic_stat_words=1: give an integer of at least 2"),
+                         (["--dynamic_eps=1e-3"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE too"),
+                         ([rms[0]], "--dynamic_rms needs --dynamic_lr and --dynamic_window")):
+        assert_one_line_error(run_lm("eval", f"--save_path={save_path}", text, *bad), "^error: .*" + re.escape(message))
+
+
 # --- lm.py eval and tune, as a user runs them -------------------------------------------------------
 
 def test_eval_flags_and_the_folder_unchanged(trained):
