@@ -215,8 +215,8 @@ class Adapter:
             return
         count = (len(self.statistics) - 1) // window
         if count < 1:
-            raise ValueError(f"the RMS form's training text holds {len(self.statistics)} words: give one of more "
-                             f"than --dynamic_window={window}")
+            raise ValueError(f"the RMS form's training text holds {len(self.statistics)} words, fewer than a window of "
+                             f"--dynamic_window={window} and the word after it: give a longer one")
         model, updates = self.stepper(window)
         self.rms_window = None  # until complete: an interrupted gathering is not kept
         self.session.run([self.back_to_trained, self.clear_rms])

@@ -8,8 +8,8 @@ possible next word a probability, and that is all these commands read off it.
     python lm.py eval     --save_path=DIR --input=ptb.test.txt
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --cache_size=2000 --cache_theta=0.3 --cache_lambda=0.1
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --dynamic_lr=0.03 --dynamic_window=20 --dynamic_decay=0
-    python lm.py eval     --save_path=DIR --input=ptb.test.txt --dynamic_lr=2e-5 --dynamic_window=5 \
-                          --dynamic_decay=0.002 --dynamic_rms=ptb.train.txt   # Krause et al.'s RMS form
+    python lm.py eval     --save_path=DIR --input=ptb.test.txt --dynamic_lr=5e-4 --dynamic_window=5 \
+                          --dynamic_rms=ptb.train.txt --dynamic_stat_words=200000   # Krause et al.'s RMS form
     python lm.py tune     --save_path=DIR --valid=ptb.valid.txt --input=ptb.test.txt   # writes DIR/adapt.json
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --adapt=tuned          # the values tune chose
     python lm.py export   --save_path=DIR --export_dir=DIR/saved_model
@@ -65,7 +65,8 @@ flags.DEFINE_string("dynamic_rms", None, "eval: dynamic evaluation in Krause et 
                     "statistics gathered on this training text (ptb.train.txt).")
 flags.DEFINE_integer("dynamic_stat_words", None, "eval: with --dynamic_rms, gather the statistics on its first N words "
                      "only (default: all).")
-flags.DEFINE_float("dynamic_eps", 2e-5, "eval: with --dynamic_rms, the step is lr g / (rms + eps) (Krause's 2e-5).")
+flags.DEFINE_float("dynamic_eps", 1e-3, "eval: with --dynamic_rms, the step is lr g / (rms + eps) (the value "
+                   "measured on small; Krause's 2e-5 steps far on rows the statistics never saw).")
 flags.DEFINE_enum("adapt", None, ["tuned"], "eval: apply what lm.py tune chose and wrote to --save_path/adapt.json.")
 flags.DEFINE_string("valid", None, "tune: the text to choose the adaptation's settings on (ptb.valid.txt).")
 FLAGS = flags.FLAGS
@@ -271,6 +272,8 @@ def adaptation():
     (adapt.CACHE, adapt.DYNAMIC); with --adapt=tuned, None (tuned_adaptation reads them once the model is loaded)."""
     given = {name: FLAGS[name].value for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS[:2]
              if FLAGS[name].value is not None}
+    if FLAGS["dynamic_eps"].present:  # it has a default: given only when typed
+        given["dynamic_eps"] = FLAGS.dynamic_eps
     if FLAGS.adapt == "tuned":
         if given:
             raise UsageError(f"--adapt=tuned takes the values lm.py tune chose: leave out --{' --'.join(given)}")

@@ -234,7 +234,7 @@ def test_eval_in_the_rms_form_and_its_flags(trained):
     assert perplexity_printed(no_step) == pytest.approx(static, abs=0.0015)
     assert no_step.stdout.strip().endswith(f"with --dynamic_lr=0 --dynamic_decay=0 --dynamic_window=9 "
                                            f"--dynamic_rms={corpus}/ptb.train.txt --dynamic_stat_words=500 "
-                                           "--dynamic_eps=2e-05")
+                                           "--dynamic_eps=0.001")
     assert perplexity_printed(run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0.01",
                                      "--dynamic_decay=0.01", *rms)) != pytest.approx(static, abs=0.01)
     assert snapshot(save_path) == before
