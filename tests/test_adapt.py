@@ -241,7 +241,9 @@ def test_eval_in_the_rms_form_and_its_flags(trained):
     for bad, message in ((["--dynamic_eps=0"], "flag --dynamic_eps=0.0: give a number above 0"),
                          (["--dynamic_stat_words=1"], "flag --dynamic_stat_words=1: give an integer of at least 2"),
                          (["--dynamic_eps=1e-3"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE too"),
-                         ([rms[0]], "--dynamic_rms needs --dynamic_lr and --dynamic_window")):
+                         ([rms[0]], "--dynamic_rms needs --dynamic_lr and --dynamic_window"),
+                         (["--adapt=tuned", "--dynamic_eps=1e-3"], "--adapt=tuned takes the values lm.py tune chose: "
+                                                                  "leave out --dynamic_eps")):
         assert_one_line_error(run_lm("eval", f"--save_path={save_path}", text, *bad), "^error: .*" + re.escape(message))
 
 
