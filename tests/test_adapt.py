@@ -314,11 +314,15 @@ def test_eval_tuned_refuses_a_bad_adapt_json(trained, folder):
                           r"^error: .*adapt.json holds dynamic_lr=-1: give a number from 0 to 3.4e38; rerun lm.py tune")
 
 
-def test_ctrl_c_in_tune_ends_with_one_line_and_writes_nothing(trained, folder):
+def test_ctrl_c_in_tune_ends_with_one_line_and_writes_nothing(trained, folder, tmp_path):
     corpus = trained[1]
+    # A valid text 100 times the fixture's: what follows the first dynamic pass then takes tens of seconds, not
+    # the 1.4 s in which a parent delayed by a loaded machine once saw the whole tune end before its Ctrl-C.
+    with open(f"{corpus}/ptb.valid.txt") as f:
+        (tmp_path / "valid.txt").write_text(f.read() * 100)
     before = snapshot(folder)
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "lm.py"), "tune", f"--save_path={folder}",
-                                f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt"],
+                                f"--valid={tmp_path}/valid.txt", f"--input={corpus}/ptb.test.txt"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seen = []
     for line in process.stdout:  # the grid is under way: 12 more dynamic passes and the test passes to go
