@@ -285,7 +285,7 @@ def adaptation():
                          "given (lm.py tune chooses them)")
     if "dynamic_lr" in given and "dynamic_decay" not in given:
         given["dynamic_decay"] = 0.0
-    if "dynamic_rms" not in given and (FLAGS["dynamic_stat_words"].present or FLAGS["dynamic_eps"].present):
+    if "dynamic_rms" not in given and ("dynamic_stat_words" in given or "dynamic_eps" in given):
         raise UsageError("--dynamic_stat_words and --dynamic_eps are the RMS form's: give --dynamic_rms=FILE too")
     if "dynamic_rms" in given:
         if "dynamic_lr" not in given:
@@ -308,7 +308,7 @@ def tuned_adaptation(lm):
     """The settings lm.py tune found best for the folder (adapt.json), checked as the flags are."""
     _, settings, record = adapt.read_tuned(FLAGS.save_path)
     for name, value in settings.items():
-        if name in cli.RANGES and cli.range_error(name, value):
+        if cli.range_error(name, value):
             raise UsageError(f"{os.path.join(FLAGS.save_path, checkpoint.ADAPT)} holds {name}={value!r}: "
                              f"{cli.range_error(name, value)}; rerun lm.py tune")
     if record.get("checkpoint") != os.path.basename(lm.prefix):
