@@ -27,6 +27,7 @@ the first predicted once, perplexity = exp(mean of -log p(target)). Combined, th
 the hidden states the dynamic pass produces. tune() chooses each method's values on a validation text
 by a coarse grid and then a finer one, and reports both texts.
 """
+import collections
 import json
 import math
 import os
@@ -42,7 +43,8 @@ from tf1 import tf
 CACHE = ("cache_size", "cache_theta", "cache_lambda")  # lm.py eval's flags, and adapt.json's keys
 DYNAMIC = ("dynamic_lr", "dynamic_decay", "dynamic_window")
 RMS = ("dynamic_rms", "dynamic_stat_words", "dynamic_eps")  # dynamic evaluation's RMS form, with DYNAMIC's
-SETTINGS = {"static": (), "cache": CACHE, "dynamic": DYNAMIC, "both": CACHE + DYNAMIC}
+# Each method's settings; "both" is the cache on the better dynamic form, with the RMS form's keys when it is that one.
+SETTINGS = {"static": (), "cache": CACHE, "dynamic": DYNAMIC, "dynamic_rms": DYNAMIC + RMS, "both": CACHE + DYNAMIC + RMS}
 EVAL_WINDOW = 100  # lm.py eval's windows: any length scores the same words, longer ones in fewer session runs
 
 # tune's grids, from the literature on PTB (Grave et al. 2017; AWD-LSTM's pointer.py; Krause et al. 2018). The
@@ -51,11 +53,23 @@ CACHE_SIZES = (100, 500, 1000, 2000)
 CACHE_THETAS = (0.05, 0.1, 0.2, 0.4, 0.7, 1.2)  # h is in (-1, 1): h_t . h_i is at most the hidden size
 CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
 FINER_SIZES, FINER_THETAS, FINER_LAMBDAS = (0.7, 1, 1.4), (0.7, 0.85, 1, 1.2, 1.4), (-0.04, -0.02, 0, 0.02, 0.04)
-DYNAMIC_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # at DYNAMIC_WINDOW, no decay
 FINER_LRS = (0.56, 1.8)  # half steps of the coarse grid, around its best
-DYNAMIC_WINDOW, DYNAMIC_WINDOWS = 20, (10, 35)  # other windows at the same rate a word (eta scaled with n)
-DYNAMIC_DECAYS = (0.002, 0.006, 0.02)  # a window of DYNAMIC_WINDOW words; scaled with n likewise
-DYNAMIC_PASSES = len(DYNAMIC_LRS) + len(FINER_LRS) + len(DYNAMIC_WINDOWS) + len(DYNAMIC_DECAYS)
+
+
+class Search(collections.namedtuple("Search", "method lrs window windows decays")):
+    """A search of dynamic evaluation's settings: the rates `lrs` at `window` words, no decay; half steps around the
+    best; the other `windows` at the same rate a word (lr scaled with n); then the `decays` (a window of `window`
+    words; scaled with n likewise)."""
+
+    @property
+    def passes(self):
+        return len(self.lrs) + len(FINER_LRS) + len(self.windows) + len(self.decays)
+
+
+SGD_SEARCH = Search("dynamic", (0.001, 0.003, 0.01, 0.03, 0.1, 0.3), 20, (10, 35), (0.002, 0.006, 0.02))
+# The RMS form's step g / (rms + eps) is about 1 a weight where plain SGD's is g: its rates are 100 times smaller
+# (on small the best valid was 5e-4 at 5 words, 1e-3 at 10, results/small-adapt-rms.txt).
+RMS_SEARCH = Search("dynamic_rms", (1e-4, 3e-4, 1e-3, 3e-3), 10, (5, 20), (0.003, 0.01, 0.03))
 HOPELESS = math.log(1.1)  # a grid's dynamic pass stops once it is 10% worse than static past a quarter of the text
 
 
@@ -144,7 +158,10 @@ class Adapter:
                 self.root_rms = tf.group([r.assign(tf.sqrt(r / self.windows)) for r in self.rms])
                 self.average_rms = self.mean_rms.assign(tf.add_n([tf.reduce_mean(r) for r in self.rms])
                                                         / len(self.rms))
+                self.rms_values = [tf.placeholder(r.dtype.base_dtype, r.shape) for r in self.rms]
+                self.put_rms = tf.group([r.assign(value) for r, value in zip(self.rms, self.rms_values)])
         self.statistics, self.rms_window = statistics, None
+        self.gathered = {}  # window: rms as gathered for it (numpy), put back when a search returns to that window
         self.steppers = {}
 
     def stepper(self, num_steps):
@@ -213,15 +230,19 @@ class Adapter:
         the state carried (as the adapted pass reads), g the gradient of each window's mean loss."""
         if self.rms_window == window:
             return
-        count = (len(self.statistics) - 1) // window
-        if count < 1:
-            raise ValueError(f"the RMS form's training text holds {len(self.statistics)} words, fewer than a window of "
-                             f"--dynamic_window={window} and the word after it: give a longer one")
-        model, updates = self.stepper(window)
         self.rms_window = None  # until complete: an interrupted gathering is not kept
-        self.session.run([self.back_to_trained, self.clear_rms])
-        self.read(self.statistics[:count * window + 1], window, lambda length: (model, updates["gather"]))
-        self.session.run(self.root_rms, {self.windows: count})
+        if window in self.gathered:
+            self.session.run(self.put_rms, dict(zip(self.rms_values, self.gathered[window])))
+        else:
+            count = (len(self.statistics) - 1) // window
+            if count < 1:
+                raise ValueError(f"the RMS form's training text holds {len(self.statistics)} words, fewer than a "
+                                 f"window of --dynamic_window={window} and the word after it: give a longer one")
+            model, updates = self.stepper(window)
+            self.session.run([self.back_to_trained, self.clear_rms])
+            self.read(self.statistics[:count * window + 1], window, lambda length: (model, updates["gather"]))
+            self.session.run(self.root_rms, {self.windows: count})
+            self.gathered[window] = self.session.run(self.rms)
         self.session.run(self.average_rms)
         self.rms_window = window
 
@@ -334,47 +355,45 @@ def search_cache(log_p, hidden, targets, label, say):
     return {**dict(zip(CACHE, best)), "valid": results[best]}
 
 
-def search_dynamic(adapter, ids, reference, say):
-    """Dynamic evaluation's settings with the lowest perplexity, and (log p, h) of that pass.
-
-    The rate first (DYNAMIC_LRS, then half steps around the best), then the window at the same rate a
-    word, then the decay: DYNAMIC_PASSES passes, those clearly worse than `reference` (static) cut short.
-    """
+def search_dynamic(adapter, ids, reference, search, say, eps=None):
+    """The settings of one dynamic form (the plain one, or with eps the RMS one) with the lowest perplexity on ids,
+    and (log p, h) of that pass: search.passes passes, those clearly worse than `reference` (static) cut short."""
     results, kept = {}, {}
 
     def trial(lr, decay, window):
         key = rounded(lr), rounded(decay), window
         clock = time.time()
-        log_p, hidden = adapter.dynamic_pass(ids, *key, hidden=True, reference=reference)
+        log_p, hidden = adapter.dynamic_pass(ids, *key, hidden=True, reference=reference, eps=eps)
         results[key] = perplexity(log_p)
         if best_of(results) == key:
             kept["best"] = log_p, hidden
         outcome = f"{results[key]:.3f}" if hidden is not None else "- (stopped: diverged, or 10% worse than static)"
-        say(f"dynamic {len(results)}/{DYNAMIC_PASSES}: {flags_text(dict(zip(DYNAMIC, key)))}: valid {outcome} "
+        say(f"{search.method} {len(results)}/{search.passes}: {flags_text(dict(zip(DYNAMIC, key)))}: valid {outcome} "
             f"({time.time() - clock:.0f} s)")
 
-    for lr in DYNAMIC_LRS:
-        trial(lr, 0, DYNAMIC_WINDOW)
+    for lr in search.lrs:
+        trial(lr, 0, search.window)
     lr, _, window = best_of(results)
     for f in FINER_LRS:
         trial(lr * f, 0, window)
     lr, _, window = best_of(results)
-    for n in DYNAMIC_WINDOWS:
+    for n in search.windows:
         trial(lr * n / window, 0, n)
     lr, _, window = best_of(results)
-    for decay in DYNAMIC_DECAYS:
-        trial(lr, decay * window / DYNAMIC_WINDOW, window)
+    for decay in search.decays:
+        trial(lr, decay * window / search.window, window)
     best = best_of(results)
-    say(f"dynamic: chosen {flags_text(dict(zip(DYNAMIC, best)))}: valid {results[best]:.3f}")
+    say(f"{search.method}: chosen {flags_text(dict(zip(DYNAMIC, best)))}: valid {results[best]:.3f}")
     return {**dict(zip(DYNAMIC, best)), "valid": results[best]}, kept["best"]
 
 
-def tune(adapter, valid, test, say=print):
+def tune(adapter, valid, test, say=print, rms=None):
     """Each method's settings chosen on the ids `valid`, and every method's perplexity on valid and `test`.
 
-    Passes of the model over valid: 1 static (the cache's grids reuse its hidden states) and
-    DYNAMIC_PASSES dynamic (the combined method's cache grids reuse the best one's); over test, one a method
-    (each timed on its own: 2 static, 2 dynamic).
+    rms: the RMS form's fixed settings (RMS's keys; the adapter holds their statistics), to search it too.
+    Passes of the model over valid: 1 static (the cache's grids reuse its hidden states) and the dynamic
+    searches' (the combined method's cache grids reuse the best dynamic pass's hidden states); over test, one
+    a method, each timed on its own.
     Returns the record adapt.json keeps: {method: {settings..., "valid", "test", "seconds"}, "best": method}.
     """
     clock = time.time()
@@ -382,37 +401,48 @@ def tune(adapter, valid, test, say=print):
     record = {"static": {"valid": perplexity(static)}}
     say(f"static: valid {record['static']['valid']:.3f} ({time.time() - clock:.0f} s)")
     record["cache"] = search_cache(static, hidden, valid[1:], "cache", say)
-    record["dynamic"], (dynamic, hidden) = search_dynamic(adapter, valid, static, say)
+    passes = {}
+    for search, fixed in ((SGD_SEARCH, {}), (RMS_SEARCH, rms)):
+        if fixed is not None:
+            found, passes[search.method] = search_dynamic(adapter, valid, static, search, say, fixed.get("dynamic_eps"))
+            record[search.method] = {**found, **fixed}
+    form = min(passes, key=lambda method: record[method]["valid"])
+    dynamic, hidden = passes[form]
     if hidden is not None:  # else every setting diverged: nothing to build a cache on
         cache = search_cache(dynamic, hidden, valid[1:], "both", say)
-        record["both"] = {**{k: cache[k] for k in CACHE}, **{k: record["dynamic"][k] for k in DYNAMIC},
-                          "valid": cache["valid"]}
+        record["both"] = {**{k: cache[k] for k in CACHE}, **settings_of(record, form), "valid": cache["valid"]}
 
     say("test: the chosen settings")
     for method in record:
-        settings = {k: record[method][k] for k in SETTINGS[method]}
         clock = time.time()
-        record[method]["test"] = evaluate(adapter, test, settings)
+        record[method]["test"] = evaluate(adapter, test, settings_of(record, method))
         record[method]["seconds"] = round(time.time() - clock, 1)
         say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s)")
     record["best"] = min(record, key=lambda method: record[method]["valid"])
     return record
 
 
+def settings_of(record, method):
+    """The lm.py eval flags of a method in tune's record; "both" has the RMS form's only when built on that form."""
+    names = SETTINGS[method] if method != "both" or RMS[0] in record[method] else CACHE + DYNAMIC
+    return {k: record[method][k] for k in names}
+
+
 # --- adapt.json ------------------------------------------------------------------------------------
 
 def flags_text(settings):
-    return " ".join(f"--{k}={v:g}" if isinstance(v, float) else f"--{k}={v}" for k, v in settings.items())
+    """The settings as lm.py eval's flags; None is a flag's default (dynamic_stat_words: the whole text)."""
+    return " ".join(f"--{k}={v:g}" if isinstance(v, float) else f"--{k}={v}" for k, v in settings.items()
+                    if v is not None)
 
 
 def summary(record):
     """The table tune prints: each method's valid and test perplexity and the flags that give it."""
-    lines = [f"{'method':8} {'valid':>9} {'test':>9}  settings (lm.py eval flags)"]
+    lines = [f"{'method':11} {'valid':>9} {'test':>9}  settings (lm.py eval flags)"]
     for method in SETTINGS:
         if method in record:
             r = record[method]
-            lines.append(f"{method:8} {r['valid']:9.3f} {r['test']:9.3f}  "
-                         f"{flags_text({k: r[k] for k in SETTINGS[method]})}")
+            lines.append(f"{method:11} {r['valid']:9.3f} {r['test']:9.3f}  {flags_text(settings_of(record, method))}")
     return lines
 
 
@@ -430,7 +460,7 @@ def read_tuned(save_path):
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
         method = record["best"]
-        return method, {k: record[method][k] for k in SETTINGS[method]}, record
+        return method, settings_of(record, method), record
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise checkpoint.CheckpointError(f"{path} is not one lm.py tune wrote ({type(e).__name__}: {e}): rerun "
                                          "lm.py tune")

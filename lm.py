@@ -11,6 +11,8 @@ possible next word a probability, and that is all these commands read off it.
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --dynamic_lr=5e-4 --dynamic_window=5 \
                           --dynamic_rms=ptb.train.txt --dynamic_stat_words=200000   # Krause et al.'s RMS form
     python lm.py tune     --save_path=DIR --valid=ptb.valid.txt --input=ptb.test.txt   # writes DIR/adapt.json
+    python lm.py tune     --save_path=DIR --valid=ptb.valid.txt --input=ptb.test.txt \
+                          --dynamic_rms=ptb.train.txt --dynamic_stat_words=200000    # searches the RMS form too
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --adapt=tuned          # the values tune chose
     python lm.py export   --save_path=DIR --export_dir=DIR/saved_model
     python lm.py nearest  --save_path=DIR --word=market --top_k=10    # cosine, in the learned embedding
@@ -62,10 +64,10 @@ flags.DEFINE_float("dynamic_decay", None, "eval: dynamic evaluation pulls the we
                    "current) a window (default 0).")
 flags.DEFINE_integer("dynamic_window", None, "eval: dynamic evaluation steps after every window of this many words.")
 flags.DEFINE_string("dynamic_rms", None, "eval: dynamic evaluation in Krause et al.'s RMS form, its gradient "
-                    "statistics gathered on this training text (ptb.train.txt).")
-flags.DEFINE_integer("dynamic_stat_words", None, "eval: with --dynamic_rms, gather the statistics on its first N words "
-                     "only (default: all).")
-flags.DEFINE_float("dynamic_eps", 1e-3, "eval: with --dynamic_rms, the step is lr g / (rms + eps) (the value "
+                    "statistics gathered on this training text (ptb.train.txt); tune: search that form too.")
+flags.DEFINE_integer("dynamic_stat_words", None, "eval, tune: with --dynamic_rms, gather the statistics on its first "
+                     "N words only (default: all).")
+flags.DEFINE_float("dynamic_eps", 1e-3, "eval, tune: with --dynamic_rms, the step is lr g / (rms + eps) (the value "
                    "measured on small; Krause's 2e-5 steps far on rows the statistics never saw).")
 flags.DEFINE_enum("adapt", None, ["tuned"], "eval: apply what lm.py tune chose and wrote to --save_path/adapt.json.")
 flags.DEFINE_string("valid", None, "tune: the text to choose the adaptation's settings on (ptb.valid.txt).")
@@ -267,14 +269,19 @@ def run_score(lm):
           f"(each sentence's end counted), perplexity {total['perplexity']:.2f}")
 
 
-def adaptation():
+def adaptation(command):
     """What eval applies, from the flags: {} (nothing), or the settings of the cache, dynamic evaluation or both
-    (adapt.CACHE, adapt.DYNAMIC); with --adapt=tuned, None (tuned_adaptation reads them once the model is loaded)."""
+    (adapt.CACHE, adapt.DYNAMIC, adapt.RMS); with --adapt=tuned, None (tuned_adaptation reads them once the model
+    is loaded). For tune: the RMS form's fixed settings, which make it search that form too, or {}."""
     given = {name: FLAGS[name].value for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS[:2]
              if FLAGS[name].value is not None}
     if FLAGS["dynamic_eps"].present:  # it has a default: given only when typed
         given["dynamic_eps"] = FLAGS.dynamic_eps
-    if FLAGS.adapt == "tuned":
+    if command == "tune":
+        chosen = [name for name in adapt.CACHE + adapt.DYNAMIC if name in given] + (["adapt"] if FLAGS.adapt else [])
+        if chosen:
+            raise UsageError(f"tune chooses the settings itself: leave out --{' --'.join(chosen)}")
+    elif FLAGS.adapt == "tuned":
         if given:
             raise UsageError(f"--adapt=tuned takes the values lm.py tune chose: leave out --{' --'.join(given)}")
         return None
@@ -288,9 +295,10 @@ def adaptation():
     if "dynamic_rms" not in given and ("dynamic_stat_words" in given or "dynamic_eps" in given):
         raise UsageError("--dynamic_stat_words and --dynamic_eps are the RMS form's: give --dynamic_rms=FILE too")
     if "dynamic_rms" in given:
-        if "dynamic_lr" not in given:
+        if "dynamic_lr" not in given and command == "eval":
             raise UsageError("--dynamic_rms needs --dynamic_lr and --dynamic_window (its steps' rate and windows)")
         given["dynamic_eps"] = FLAGS.dynamic_eps
+        given.setdefault("dynamic_stat_words", None)  # the whole text
     return {name: given[name] for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS if name in given}  # adapt.json order
 
 
@@ -308,9 +316,13 @@ def tuned_adaptation(lm):
     """The settings lm.py tune found best for the folder (adapt.json), checked as the flags are."""
     _, settings, record = adapt.read_tuned(FLAGS.save_path)
     for name, value in settings.items():
-        if cli.range_error(name, value):
-            raise UsageError(f"{os.path.join(FLAGS.save_path, checkpoint.ADAPT)} holds {name}={value!r}: "
-                             f"{cli.range_error(name, value)}; rerun lm.py tune")
+        if name == "dynamic_rms":  # a file name, read as --dynamic_rms is
+            problem = None if isinstance(value, str) and value else "give the training text's file name"
+        else:  # dynamic_stat_words None: the whole text
+            problem = None if name == "dynamic_stat_words" and value is None else cli.range_error(name, value)
+        if problem:
+            raise UsageError(f"{os.path.join(FLAGS.save_path, checkpoint.ADAPT)} holds {name}={value!r}: {problem}; "
+                             "rerun lm.py tune")
     if record.get("checkpoint") != os.path.basename(lm.prefix):
         print(f"note: {checkpoint.ADAPT} was tuned for {record.get('checkpoint')}, the folder's latest weights are "
               f"{os.path.basename(lm.prefix)}: rerun lm.py tune to tune them", file=sys.stderr)
@@ -355,7 +367,7 @@ def run(command):
         raise UsageError(f"{command} needs --input=FILE, a text in PTB format")
     if command == "tune" and not FLAGS.valid:
         raise UsageError("tune needs --valid=FILE, the text to choose the settings on (ptb.valid.txt)")
-    settings = adaptation() if command == "eval" else {}
+    settings = adaptation(command) if command in ("eval", "tune") else {}
     lm = LanguageModel(FLAGS.save_path)
     if settings is None:
         settings = tuned_adaptation(lm)
@@ -374,15 +386,20 @@ def run(command):
         perplexity = adapt.evaluate(adapter(lm, settings), read_ids(lm, FLAGS.input), settings)
         print(f"Perplexity: {perplexity:.3f} with {adapt.flags_text(settings)}")
     elif command == "tune":
-        run_tune(lm)
+        run_tune(lm, settings)
 
 
-def run_tune(lm):
-    """Chooses the adaptation's settings on --valid, reports them on --input, and keeps them in adapt.json."""
+def run_tune(lm, rms):
+    """Chooses the adaptation's settings on --valid, reports them on --input, and keeps them in adapt.json.
+
+    rms: {} or the RMS form's fixed settings (--dynamic_rms=FILE ...), to search that form too."""
     valid, test = read_ids(lm, FLAGS.valid, "--valid"), read_ids(lm, FLAGS.input)
+    adapted = adapter(lm, rms)
+    rms_passes = (f", {adapt.RMS_SEARCH.passes} for its RMS form's (statistics on {len(adapted.statistics) - 1} words "
+                  f"of --dynamic_rms={rms['dynamic_rms']}, gathered once for each window length)" if rms else "")
     print(f"Tuning the cache and dynamic evaluation on --valid={FLAGS.valid} ({len(valid)} words): 1 pass for the "
-          f"cache's grids, {adapt.DYNAMIC_PASSES} for dynamic evaluation's", flush=True)
-    record = adapt.tune(adapt.Adapter(lm), valid, test, say=lambda line: print(line, flush=True))
+          f"cache's grids, {adapt.SGD_SEARCH.passes} for dynamic evaluation's{rms_passes}", flush=True)
+    record = adapt.tune(adapted, valid, test, say=lambda line: print(line, flush=True), rms=rms or None)
     record.update(checkpoint=os.path.basename(lm.prefix), valid=FLAGS.valid, test=FLAGS.input)
     with cli.signals_deferred():  # the file is written whole, then a Ctrl-C that came meanwhile ends the program
         adapt.write_tuned(FLAGS.save_path, record)

@@ -224,6 +224,20 @@ def test_the_rms_form_normalises_the_step_and_scales_the_decay(model):
     assert all(np.array_equal(theta_0[k], v) for k, v in weights(adapter).items())
 
 
+def test_the_statistics_of_each_window_are_gathered_once(model):
+    """A search goes back to a window length it gathered statistics for: the same rms, not a second gathering."""
+    adapter = adapt.Adapter(model, model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split()))
+    read, windows = adapter.read, []
+    adapter.read = lambda ids, window, *args, **kwargs: windows.append(window) or read(ids, window, *args, **kwargs)
+    gathered = []
+    for window in (4, 3, 4):
+        adapter.gather_statistics(window)
+        gathered.append(adapter.session.run(adapter.rms + [adapter.mean_rms]))
+    assert windows == [4, 3]
+    assert all(np.array_equal(a, b) for a, b in zip(gathered[0], gathered[2]))
+    assert not all(np.array_equal(a, b) for a, b in zip(gathered[0], gathered[1]))
+
+
 def test_eval_in_the_rms_form_and_its_flags(trained):
     save_path, corpus, _ = trained
     before = snapshot(save_path)
@@ -272,7 +286,7 @@ def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
     before = snapshot(folder)
     tuned = run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt")
     assert tuned.returncode == 0, tuned.stderr
-    passes = adapt.DYNAMIC_PASSES
+    passes = adapt.SGD_SEARCH.passes
     assert re.search(rf"^dynamic {passes}/{passes}: ", tuned.stdout, re.M) and "cache, finer: size=" in tuned.stdout
     after = snapshot(folder)
     after.pop(os.path.join(folder, checkpoint.ADAPT))
@@ -280,14 +294,14 @@ def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
         record = json.load(f)
     assert after == before  # the weights and every other file as they were
     assert set(record) == {"static", "cache", "dynamic", "both", "best", "checkpoint", "valid", "test"}
-    assert record["best"] == min(adapt.SETTINGS, key=lambda method: record[method]["valid"])
+    assert record["best"] == min(adapt.SETTINGS, key=lambda method: record[method]["valid"] if method in record else 1e9)
     test = lm.read_ids(model, f"{corpus}/ptb.test.txt")
     for text in ("valid", "test"):  # the folder's weights are the fixture model's
         assert record["static"][text] == pytest.approx(lm.evaluate(model, f"{corpus}/ptb.{text}.txt"), rel=1e-6)
     best = record["best"]
     applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt", "--adapt=tuned")
     assert perplexity_printed(applied) == pytest.approx(record[best]["test"], abs=0.0015)
-    assert applied.stdout.strip().endswith(adapt.flags_text({k: record[best][k] for k in adapt.SETTINGS[best]}))
+    assert applied.stdout.strip().endswith(adapt.flags_text(adapt.settings_of(record, best)))
     # Values of our own in adapt.json: eval --adapt=tuned applies them.
     ours = dict(cache_size=3, cache_theta=0.25, cache_lambda=0.4)
     record.update(best="cache", cache=dict(record["cache"], **ours))
@@ -299,6 +313,42 @@ def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
     # A training run resumes on a tuned folder: adapt.json is one of the files runs write.
     config, vocab, prefix = checkpoint.load(folder)
     assert runfolder.check(folder, config, vocab, runfolder.read_marker(folder)["train_words"]) == prefix
+
+
+def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, model):
+    corpus = trained[1]
+    rms = dict(dynamic_rms=f"{corpus}/ptb.train.txt", dynamic_stat_words=500, dynamic_eps=0.002)
+    tuned = run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt",
+                   *(f"--{k}={v}" for k, v in rms.items()))
+    assert tuned.returncode == 0, tuned.stderr
+    passes = adapt.RMS_SEARCH.passes
+    assert re.search(rf"^dynamic_rms {passes}/{passes}: ", tuned.stdout, re.M)
+    with open(os.path.join(folder, checkpoint.ADAPT)) as f:
+        record = json.load(f)
+    assert set(record) == {"static", "cache", "dynamic", "dynamic_rms", "both", "best", "checkpoint", "valid", "test"}
+    assert {k: record["dynamic_rms"][k] for k in rms} == rms
+    # The combined method is the cache on the better form on valid, with that form's settings.
+    form = min(("dynamic", "dynamic_rms"), key=lambda method: record[method]["valid"])
+    assert adapt.settings_of(record, "both") == {**{k: record["both"][k] for k in adapt.CACHE},
+                                                 **adapt.settings_of(record, form)}
+    assert re.search(r"^dynamic_rms +[\d.]+ +[\d.]+  --dynamic_lr=.* --dynamic_eps=0.002$", tuned.stdout, re.M)
+    # eval --adapt=tuned applies the RMS form too: its statistics read again from the file adapt.json names.
+    ours = dict(dynamic_lr=0.01, dynamic_decay=0.02, dynamic_window=6)
+    record.update(best="dynamic_rms", dynamic_rms=dict(record["dynamic_rms"], **ours))
+    with open(os.path.join(folder, checkpoint.ADAPT), "w") as f:
+        json.dump(record, f)
+    applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt", "--adapt=tuned")
+    statistics = lm.read_ids(model, rms["dynamic_rms"])[:501]
+    expected = adapt.evaluate(adapt.Adapter(model, statistics), lm.read_ids(model, f"{corpus}/ptb.test.txt"),
+                              {**ours, **rms})
+    assert perplexity_printed(applied) == pytest.approx(expected, abs=0.0015)
+    assert applied.stdout.strip().endswith(adapt.flags_text({**ours, **rms}))
+    # Settings tune chooses itself are refused, as are the RMS form's without its text.
+    for bad, message in ((["--cache_size=5", "--dynamic_window=3"], "tune chooses the settings itself: leave out "
+                                                                     "--cache_size --dynamic_window"),
+                         (["--dynamic_stat_words=500"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE")):
+        assert_one_line_error(run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt",
+                                     f"--input={corpus}/ptb.test.txt", *bad), "^error: .*" + re.escape(message))
 
 
 def test_eval_tuned_refuses_a_bad_adapt_json(trained, folder):
