@@ -44,7 +44,8 @@ CACHE = ("cache_size", "cache_theta", "cache_lambda")  # lm.py eval's flags, and
 DYNAMIC = ("dynamic_lr", "dynamic_decay", "dynamic_window")
 RMS = ("dynamic_rms", "dynamic_stat_words", "dynamic_eps")  # dynamic evaluation's RMS form, with DYNAMIC's
 # Each method's settings; "both" is the cache on the better dynamic form, with the RMS form's keys when it is that one.
-SETTINGS = {"static": (), "cache": CACHE, "dynamic": DYNAMIC, "dynamic_rms": DYNAMIC + RMS, "both": CACHE + DYNAMIC + RMS}
+SETTINGS = {"static": (), "cache": CACHE, "dynamic": DYNAMIC, "dynamic_rms": DYNAMIC + RMS,
+            "both": CACHE + DYNAMIC + RMS}
 EVAL_WINDOW = 100  # lm.py eval's windows: any length scores the same words, longer ones in fewer session runs
 
 # tune's grids, from the literature on PTB (Grave et al. 2017; AWD-LSTM's pointer.py; Krause et al. 2018). The
@@ -162,6 +163,7 @@ class Adapter:
                 self.put_rms = tf.group([r.assign(value) for r, value in zip(self.rms, self.rms_values)])
         self.statistics, self.rms_window = statistics, None
         self.gathered = {}  # window: rms as gathered for it (numpy), put back when a search returns to that window
+        self.gathering_seconds = {}  # window: the time its gathering took
         self.steppers = {}
 
     def stepper(self, num_steps):
@@ -238,11 +240,13 @@ class Adapter:
             if count < 1:
                 raise ValueError(f"the RMS form's training text holds {len(self.statistics)} words, fewer than a "
                                  f"window of --dynamic_window={window} and the word after it: give a longer one")
+            clock = time.time()
             model, updates = self.stepper(window)
             self.session.run([self.back_to_trained, self.clear_rms])
             self.read(self.statistics[:count * window + 1], window, lambda length: (model, updates["gather"]))
             self.session.run(self.root_rms, {self.windows: count})
             self.gathered[window] = self.session.run(self.rms)
+            self.gathering_seconds[window] = time.time() - clock
         self.session.run(self.average_rms)
         self.rms_window = window
 
@@ -306,7 +310,8 @@ class Adapter:
 
 
 def log_probs(adapter, ids, settings):
-    """log p(target) at every position of ids under settings: {} (static), CACHE's keys, DYNAMIC's, or both."""
+    """log p(target) at every position of ids under settings: {} (static), CACHE's keys, DYNAMIC's (with RMS's:
+    the RMS form), or both."""
     cache = CACHE[0] in settings
     if DYNAMIC[0] in settings:
         log_p, hidden = adapter.dynamic_pass(ids, *(settings[k] for k in DYNAMIC), hidden=cache,
@@ -390,10 +395,10 @@ def search_dynamic(adapter, ids, reference, search, say, eps=None):
 def tune(adapter, valid, test, say=print, rms=None):
     """Each method's settings chosen on the ids `valid`, and every method's perplexity on valid and `test`.
 
-    rms: the RMS form's fixed settings (RMS's keys; the adapter holds their statistics), to search it too.
+    rms: {} or the RMS form's fixed settings (RMS's keys; the adapter holds their statistics), to search it too.
     Passes of the model over valid: 1 static (the cache's grids reuse its hidden states) and the dynamic
-    searches' (the combined method's cache grids reuse the best dynamic pass's hidden states); over test, one
-    a method, each timed on its own.
+    searches' (the combined method's cache grids reuse the hidden states of the better form's best pass); over
+    test, one a method, each timed on its own (the RMS form's statistics, gathered during the search, apart).
     Returns the record adapt.json keeps: {method: {settings..., "valid", "test", "seconds"}, "best": method}.
     """
     clock = time.time()
@@ -401,13 +406,15 @@ def tune(adapter, valid, test, say=print, rms=None):
     record = {"static": {"valid": perplexity(static)}}
     say(f"static: valid {record['static']['valid']:.3f} ({time.time() - clock:.0f} s)")
     record["cache"] = search_cache(static, hidden, valid[1:], "cache", say)
-    passes = {}
-    for search, fixed in ((SGD_SEARCH, {}), (RMS_SEARCH, rms)):
-        if fixed is not None:
-            found, passes[search.method] = search_dynamic(adapter, valid, static, search, say, fixed.get("dynamic_eps"))
-            record[search.method] = {**found, **fixed}
-    form = min(passes, key=lambda method: record[method]["valid"])
-    dynamic, hidden = passes[form]
+    del hidden  # [words, hidden size]: a large model's is 0.4 GB, and each dynamic search keeps its own
+    form, best_pass = None, None
+    for search, fixed in [(SGD_SEARCH, {})] + ([(RMS_SEARCH, rms)] if rms else []):
+        found, kept = search_dynamic(adapter, valid, static, search, say, fixed.get("dynamic_eps"))
+        record[search.method] = {**found, **fixed}
+        if form is None or found["valid"] < record[form]["valid"]:
+            form, best_pass = search.method, kept
+        del kept
+    dynamic, hidden = best_pass
     if hidden is not None:  # else every setting diverged: nothing to build a cache on
         cache = search_cache(dynamic, hidden, valid[1:], "both", say)
         record["both"] = {**{k: cache[k] for k in CACHE}, **settings_of(record, form), "valid": cache["valid"]}
@@ -417,14 +424,21 @@ def tune(adapter, valid, test, say=print, rms=None):
         clock = time.time()
         record[method]["test"] = evaluate(adapter, test, settings_of(record, method))
         record[method]["seconds"] = round(time.time() - clock, 1)
-        say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s)")
+        also = ""
+        if RMS[0] in record[method]:  # eval --adapt=tuned pays the gathering of the statistics too, before its pass
+            gathering = adapter.gathering_seconds.get(record[method]["dynamic_window"], 0.0)
+            record[method]["statistics_seconds"] = round(gathering, 1)
+            also = f", and {gathering:.0f} s gathering its statistics (valid's search)"
+        say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s{also})")
     record["best"] = min(record, key=lambda method: record[method]["valid"])
     return record
 
 
 def settings_of(record, method):
     """The lm.py eval flags of a method in tune's record; "both" has the RMS form's only when built on that form."""
-    names = SETTINGS[method] if method != "both" or RMS[0] in record[method] else CACHE + DYNAMIC
+    names = SETTINGS[method]
+    if method == "both" and RMS[0] not in record[method]:  # built on the plain form
+        names = CACHE + DYNAMIC
     return {k: record[method][k] for k in names}
 
 

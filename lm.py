@@ -295,18 +295,18 @@ def adaptation(command):
     if "dynamic_rms" not in given and ("dynamic_stat_words" in given or "dynamic_eps" in given):
         raise UsageError("--dynamic_stat_words and --dynamic_eps are the RMS form's: give --dynamic_rms=FILE too")
     if "dynamic_rms" in given:
-        if "dynamic_lr" not in given and command == "eval":
+        if command == "eval" and "dynamic_lr" not in given:
             raise UsageError("--dynamic_rms needs --dynamic_lr and --dynamic_window (its steps' rate and windows)")
         given["dynamic_eps"] = FLAGS.dynamic_eps
         given.setdefault("dynamic_stat_words", None)  # the whole text
     return {name: given[name] for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS if name in given}  # adapt.json order
 
 
-def adapter(lm, settings):
-    """The adapt.Adapter for settings: with the RMS form's, the ids of its statistics text (--dynamic_rms)."""
+def adapter(lm, settings, flag="--dynamic_rms"):
+    """The adapt.Adapter for settings: with the RMS form's, the ids of its statistics text (named by `flag`)."""
     statistics = None
     if "dynamic_rms" in settings:
-        statistics = read_ids(lm, settings["dynamic_rms"], "--dynamic_rms")
+        statistics = read_ids(lm, settings["dynamic_rms"], flag)
         if settings.get("dynamic_stat_words") is not None:
             statistics = statistics[:settings["dynamic_stat_words"] + 1]
     return adapt.Adapter(lm, statistics)
@@ -383,7 +383,8 @@ def run(command):
     elif command == "eval" and not settings:
         print(f"Perplexity: {evaluate(lm, FLAGS.input):.3f}")
     elif command == "eval":
-        perplexity = adapt.evaluate(adapter(lm, settings), read_ids(lm, FLAGS.input), settings)
+        flag = f"{checkpoint.ADAPT}'s dynamic_rms" if FLAGS.adapt else "--dynamic_rms"
+        perplexity = adapt.evaluate(adapter(lm, settings, flag), read_ids(lm, FLAGS.input), settings)
         print(f"Perplexity: {perplexity:.3f} with {adapt.flags_text(settings)}")
     elif command == "tune":
         run_tune(lm, settings)
@@ -394,12 +395,19 @@ def run_tune(lm, rms):
 
     rms: {} or the RMS form's fixed settings (--dynamic_rms=FILE ...), to search that form too."""
     valid, test = read_ids(lm, FLAGS.valid, "--valid"), read_ids(lm, FLAGS.input)
-    adapted = adapter(lm, rms)
-    rms_passes = (f", {adapt.RMS_SEARCH.passes} for its RMS form's (statistics on {len(adapted.statistics) - 1} words "
-                  f"of --dynamic_rms={rms['dynamic_rms']}, gathered once for each window length)" if rms else "")
+    adapted, rms_passes = adapter(lm, rms), ""
+    if rms:
+        rms["dynamic_rms"] = os.path.abspath(rms["dynamic_rms"])  # adapt.json is read from any folder
+        longest = max(adapt.RMS_SEARCH.window, *adapt.RMS_SEARCH.windows)
+        if len(adapted.statistics) - 1 < longest:  # refused now, not after the hours of the searches before
+            raise UsageError(f"the RMS form's statistics text holds {len(adapted.statistics)} words, fewer than the "
+                             f"longest window tune tries ({longest}) and the word after it: give a longer "
+                             "--dynamic_rms or --dynamic_stat_words")
+        rms_passes = (f", {adapt.RMS_SEARCH.passes} for its RMS form's (statistics on {len(adapted.statistics) - 1} "
+                      f"words of --dynamic_rms, gathered once for each window length)")
     print(f"Tuning the cache and dynamic evaluation on --valid={FLAGS.valid} ({len(valid)} words): 1 pass for the "
           f"cache's grids, {adapt.SGD_SEARCH.passes} for dynamic evaluation's{rms_passes}", flush=True)
-    record = adapt.tune(adapted, valid, test, say=lambda line: print(line, flush=True), rms=rms or None)
+    record = adapt.tune(adapted, valid, test, say=lambda line: print(line, flush=True), rms=rms)
     record.update(checkpoint=os.path.basename(lm.prefix), valid=FLAGS.valid, test=FLAGS.input)
     with cli.signals_deferred():  # the file is written whole, then a Ctrl-C that came meanwhile ends the program
         adapt.write_tuned(FLAGS.save_path, record)

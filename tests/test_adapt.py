@@ -332,21 +332,25 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
     assert adapt.settings_of(record, "both") == {**{k: record["both"][k] for k in adapt.CACHE},
                                                  **adapt.settings_of(record, form)}
     assert re.search(r"^dynamic_rms +[\d.]+ +[\d.]+  --dynamic_lr=.* --dynamic_eps=0.002$", tuned.stdout, re.M)
-    # eval --adapt=tuned applies the RMS form too: its statistics read again from the file adapt.json names.
-    ours = dict(dynamic_lr=0.01, dynamic_decay=0.02, dynamic_window=6)
-    record.update(best="dynamic_rms", dynamic_rms=dict(record["dynamic_rms"], **ours))
+    # eval --adapt=tuned applies the RMS form too, here under "both" with the whole training text's statistics
+    # (dynamic_stat_words null), read again from the file adapt.json names.
+    ours = dict(cache_size=3, cache_theta=0.25, cache_lambda=0.4, dynamic_lr=0.01, dynamic_decay=0.02,
+                dynamic_window=6, **rms, valid=1.0)
+    record.update(best="both", both=dict(ours, dynamic_stat_words=None))
     with open(os.path.join(folder, checkpoint.ADAPT), "w") as f:
         json.dump(record, f)
     applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt", "--adapt=tuned")
-    statistics = lm.read_ids(model, rms["dynamic_rms"])[:501]
-    expected = adapt.evaluate(adapt.Adapter(model, statistics), lm.read_ids(model, f"{corpus}/ptb.test.txt"),
-                              {**ours, **rms})
+    settings = adapt.settings_of(record, "both")
+    expected = adapt.evaluate(adapt.Adapter(model, lm.read_ids(model, rms["dynamic_rms"])),
+                              lm.read_ids(model, f"{corpus}/ptb.test.txt"), settings)
     assert perplexity_printed(applied) == pytest.approx(expected, abs=0.0015)
-    assert applied.stdout.strip().endswith(adapt.flags_text({**ours, **rms}))
+    assert applied.stdout.strip().endswith(adapt.flags_text(settings)) and "stat_words" not in applied.stdout
     # Settings tune chooses itself are refused, as are the RMS form's without its text.
     for bad, message in ((["--cache_size=5", "--dynamic_window=3"], "tune chooses the settings itself: leave out "
                                                                      "--cache_size --dynamic_window"),
-                         (["--dynamic_stat_words=500"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE")):
+                         (["--dynamic_stat_words=500"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE"),
+                         ([f"--dynamic_rms={corpus}/ptb.train.txt", "--dynamic_stat_words=19"],
+                          "statistics text holds 20 words, fewer than the longest window tune tries (20)")):
         assert_one_line_error(run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt",
                                      f"--input={corpus}/ptb.test.txt", *bad), "^error: .*" + re.escape(message))
 
@@ -362,6 +366,12 @@ def test_eval_tuned_refuses_a_bad_adapt_json(trained, folder):
         json.dump({"best": "dynamic", "dynamic": {"dynamic_lr": -1, "dynamic_decay": 0, "dynamic_window": 5}}, f)
     assert_one_line_error(run_lm("eval", f"--save_path={folder}", text, "--adapt=tuned"),
                           r"^error: .*adapt.json holds dynamic_lr=-1: give a number from 0 to 3.4e38; rerun lm.py tune")
+    rms = {"dynamic_lr": 1e-3, "dynamic_decay": 0, "dynamic_window": 5, "dynamic_rms": 3, "dynamic_stat_words": None,
+           "dynamic_eps": 1e-3}
+    with open(path, "w") as f:
+        json.dump({"best": "dynamic_rms", "dynamic_rms": rms}, f)
+    assert_one_line_error(run_lm("eval", f"--save_path={folder}", text, "--adapt=tuned"),
+                          r"^error: .*adapt.json holds dynamic_rms=3: give the training text's file name; rerun")
 
 
 def test_ctrl_c_in_tune_ends_with_one_line_and_writes_nothing(trained, folder, tmp_path):
