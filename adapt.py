@@ -428,7 +428,7 @@ def tune(adapter, valid, test, say=print, rms=None):
         if RMS[0] in record[method]:  # eval --adapt=tuned pays the gathering of the statistics too, before its pass
             gathering = adapter.gathering_seconds.get(record[method]["dynamic_window"], 0.0)
             record[method]["statistics_seconds"] = round(gathering, 1)
-            also = f", and {gathering:.0f} s gathering its statistics (valid's search)"
+            also = f"; gathering its statistics took {gathering:.0f} s, during the search"
         say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s{also})")
     record["best"] = min(record, key=lambda method: record[method]["valid"])
     return record
