@@ -413,7 +413,6 @@ def tune(adapter, valid, test, say=print, rms=None):
         record[search.method] = {**found, **fixed}
         if form is None or found["valid"] < record[form]["valid"]:
             form, best_pass = search.method, kept
-        del kept
     dynamic, hidden = best_pass
     if hidden is not None:  # else every setting diverged: nothing to build a cache on
         cache = search_cache(dynamic, hidden, valid[1:], "both", say)
