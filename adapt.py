@@ -227,6 +227,13 @@ class Adapter:
                                                   rows))
         return r.assign_add(tf.square(g))
 
+    def statistics_too_short(self, window):
+        """What is wrong with the statistics text for windows of `window` words, or None: it needs a full one."""
+        if len(self.statistics) - 1 < window:
+            return (f"the RMS form's statistics text holds {len(self.statistics)} words, fewer than a window of "
+                    f"{window} and the word after it: give a longer --dynamic_rms or a larger --dynamic_stat_words")
+        return None
+
     def gather_statistics(self, window):
         """rms and mean_rms at theta_0 from the statistics text: its full windows of `window` words, batch 1,
         the state carried (as the adapted pass reads), g the gradient of each window's mean loss."""
@@ -236,10 +243,10 @@ class Adapter:
         if window in self.gathered:
             self.session.run(self.put_rms, dict(zip(self.rms_values, self.gathered[window])))
         else:
+            problem = self.statistics_too_short(window)
+            if problem:
+                raise ValueError(problem)
             count = (len(self.statistics) - 1) // window
-            if count < 1:
-                raise ValueError(f"the RMS form's training text holds {len(self.statistics)} words, fewer than a "
-                                 f"window of --dynamic_window={window} and the word after it: give a longer one")
             clock = time.time()
             model, updates = self.stepper(window)
             self.session.run([self.back_to_trained, self.clear_rms])

@@ -399,10 +399,9 @@ def run_tune(lm, rms):
     if rms:
         rms["dynamic_rms"] = os.path.abspath(rms["dynamic_rms"])  # adapt.json is read from any folder
         longest = max(adapt.RMS_SEARCH.window, *adapt.RMS_SEARCH.windows)
-        if len(adapted.statistics) - 1 < longest:  # refused now, not after the hours of the searches before
-            raise UsageError(f"the RMS form's statistics text holds {len(adapted.statistics)} words, fewer than the "
-                             f"longest window tune tries ({longest}) and the word after it: give a longer "
-                             "--dynamic_rms or --dynamic_stat_words")
+        problem = adapted.statistics_too_short(longest)  # refused now, not after the hours of the searches before
+        if problem:
+            raise UsageError(f"{problem} (tune tries windows up to {longest} words)")
         rms_passes = (f", {adapt.RMS_SEARCH.passes} for its RMS form's (statistics on {len(adapted.statistics) - 1} "
                       f"words of --dynamic_rms, gathered once for each window length)")
     print(f"Tuning the cache and dynamic evaluation on --valid={FLAGS.valid} ({len(valid)} words): 1 pass for the "

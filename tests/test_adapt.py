@@ -256,6 +256,8 @@ def test_eval_in_the_rms_form_and_its_flags(trained):
                          (["--dynamic_stat_words=1"], "flag --dynamic_stat_words=1: give an integer of at least 2"),
                          (["--dynamic_eps=1e-3"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE too"),
                          ([rms[0]], "--dynamic_rms needs --dynamic_lr and --dynamic_window"),
+                         ([rms[0], "--dynamic_stat_words=5", "--dynamic_lr=0.01", "--dynamic_window=9"],
+                          "statistics text holds 6 words, fewer than a window of 9 and the word after it"),
                          (["--adapt=tuned", "--dynamic_eps=1e-3"], "--adapt=tuned takes the values lm.py tune chose: "
                                                                   "leave out --dynamic_eps")):
         assert_one_line_error(run_lm("eval", f"--save_path={save_path}", text, *bad), "^error: .*" + re.escape(message))
@@ -350,7 +352,8 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
                                                                      "--cache_size --dynamic_window"),
                          (["--dynamic_stat_words=500"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE"),
                          ([f"--dynamic_rms={corpus}/ptb.train.txt", "--dynamic_stat_words=19"],
-                          "statistics text holds 20 words, fewer than the longest window tune tries (20)")):
+                          "statistics text holds 20 words, fewer than a window of 20 and the word after it: give a "
+                          "longer --dynamic_rms or a larger --dynamic_stat_words (tune tries windows up to 20 words)")):
         assert_one_line_error(run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt",
                                      f"--input={corpus}/ptb.test.txt", *bad), "^error: .*" + re.escape(message))
 
