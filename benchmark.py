@@ -5,6 +5,7 @@
     python benchmark.py --model=small --modes=block --precisions=fp32 --steps=50
     python benchmark.py --model=small --cell=gru --precisions=fp32  # GRUCell vs GRUBlockCell
     python benchmark.py --model=medium --modes=fast --precisions=fp32 --profile  # where a step's time goes
+    python benchmark.py --model=medium --modes=fast --precisions=fp32 --adapt_words=5000  # lm.py eval's adaptation
 
 On random word ids of the config's real shapes it times `--steps` training steps, as many
 validation-shaped evaluation steps, and the batch-1 test pass, after a warm-up. It first
@@ -12,14 +13,19 @@ measures the machine's peak: one large matmul in each precision. A benchmark, no
 nothing in the test suite depends on speed. `fast_loop` is rnn_mode fast with its gradient
 stepping back in a tf.while_loop instead of the default Python unroll (PTBModel's fast_backward).
 `fast_split` is rnn_mode fast with split_lstm's forward instead of BlockLSTM's (PTBModel's fast_forward).
+With --adapt_words, it also times `lm.py eval`'s passes with test-time adaptation (adapt.py) on that many
+random words of the config's shapes: static, the cache, dynamic evaluation's two forms, each set against
+the time of a training epoch (issue 18's targets: the cache within 2x static, dynamic within 2x an epoch).
 """
 import collections
 import time
+import types
 
 import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
 import numpy as np
 from absl import flags
 
+import adapt
 import configs
 from model import CELLS, COMPUTE_DTYPES, PRECISIONS, RNN_MODES, PTBModel, check_rnn_mode
 from tf1 import session_config, tf
@@ -32,6 +38,8 @@ flags.DEFINE_integer("steps", 30, "Timed steps of each kind.")
 flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per core).")
 flags.DEFINE_bool("profile", False, "Also trace training steps one op at a time (one inter-op thread, so each "
                   "op's time is its own) and list the op types that take the most.")
+flags.DEFINE_integer("adapt_words", 0, "Also time lm.py eval's passes with the cache and dynamic evaluation on this "
+                     "many random words (0: not).")
 FLAGS = flags.FLAGS
 # names beyond RNN_MODES: (rnn_mode, fast_backward, fast_forward)
 BENCHMARK_MODES = {"fast_loop": ("fast", "loop", "block"), "fast_split": ("fast", "unroll", "split")}
@@ -123,6 +131,58 @@ def words_per_second(config, mode, precision):
     return batch * steps / train_s, batch * steps / valid_s, test_window / test_s
 
 
+PTB_WORDS = {"train": 929589, "test": 82430}  # ptb.train.txt and ptb.test.txt, with an <eos> a line
+# lm.py eval's settings timed with --adapt_words: tune's choices on small (README), and the windows it tries.
+ADAPTATIONS = {
+    "static": {},
+    "cache N=2000": dict(cache_size=2000, cache_theta=0.5, cache_lambda=0.1),
+    **{f"dynamic SGD n={n}{' decayed' * d}": dict(dynamic_lr=0.3, dynamic_decay=0.01 * d, dynamic_window=n)
+       for n in (10, 20) for d in (0, 1)},
+    **{f"dynamic RMS n={n}{' decayed' * d}": dict(dynamic_lr=5e-4, dynamic_decay=0.01 * d, dynamic_window=n,
+                                                  dynamic_eps=1e-3) for n in (5, 10) for d in (0, 1)},
+}
+
+
+def adaptation_seconds(config, words):
+    """{name: seconds} of lm.py eval's pass over `words` random ids for each of ADAPTATIONS, batch 1, fp32.
+
+    The model as lm.py loads it (random weights instead of a checkpoint's); the RMS form's statistics
+    gathered on a few words, before the clock starts, as each pass's graph is built: by a pass over a few
+    windows first (a pass's time is the same for any weights or ids: no step depends on their values).
+    """
+    graph = tf.Graph()
+    with graph.as_default(), tf.variable_scope("Model", initializer=tf.random_uniform_initializer(-0.05, 0.05)):
+        model = PTBModel(False, config, 1, None, rnn_mode="block")
+    session = tf.Session(graph=graph, config=session_config(FLAGS.num_threads))
+    with graph.as_default():
+        session.run(tf.global_variables_initializer())
+    ids = np.random.RandomState(0).randint(0, config.vocab_size, words + 1)
+    adapter = adapt.Adapter(types.SimpleNamespace(graph=graph, session=session, config=config, model=model),
+                            statistics=ids[:max(ADAPTATIONS[name].get("dynamic_window", 0) for name in ADAPTATIONS) + 1])
+    seconds = {}
+    for name, settings in ADAPTATIONS.items():
+        window = settings.get("dynamic_window", adapt.EVAL_WINDOW)
+        adapt.log_probs(adapter, ids[:2 * window + 2], settings)  # a window's graph, the shorter last one's too
+        start = time.perf_counter()
+        adapt.log_probs(adapter, ids, settings)
+        seconds[name] = time.perf_counter() - start
+    session.close()
+    return seconds
+
+
+def print_adaptation(config, train_wps):
+    """A line for each of ADAPTATIONS: words/s, and the PTB test text's time against a training epoch's."""
+    epoch = PTB_WORDS["train"] / train_wps
+    print(f"\nlm.py eval on {FLAGS.adapt_words} random words, batch 1, fp32; the PTB test text "
+          f"({PTB_WORDS['test']} words) against a training epoch ({PTB_WORDS['train']} words: {epoch:.0f} s at "
+          f"{train_wps:.0f} w/s, fast fp32):")
+    seconds = adaptation_seconds(config, FLAGS.adapt_words)
+    for name, s in seconds.items():
+        test = PTB_WORDS["test"] * s / FLAGS.adapt_words
+        print(f"  {name:25} {FLAGS.adapt_words / s:6.0f} w/s   test text {test:5.0f} s = {s / seconds['static']:5.1f} x "
+              f"static = {test / epoch:5.2f} x an epoch", flush=True)
+
+
 def main(argv):
     del argv
     config = configs.get_config(FLAGS.model)
@@ -134,6 +194,7 @@ def main(argv):
     peak_text = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
     print(f"config {FLAGS.model}, cell {FLAGS.cell}: {3 * flops / 1e6:.1f} MFLOP per word to train, "
           f"{flops / 1e6:.1f} to evaluate; matmul peak {peak_text}", flush=True)
+    measured = {}
     print(f"{'mode':9} {'precision':9} {'train w/s':>10} {'of peak':>8} {'valid w/s':>10} {'test w/s':>9}")
     for mode in FLAGS.modes:
         for precision in FLAGS.precisions:
@@ -141,6 +202,9 @@ def main(argv):
             fraction = train_wps * 3 * flops / (peaks[precision] * 1e9)
             print(f"{mode:9} {precision:9} {train_wps:10.0f} {fraction:8.0%} {valid_wps:10.0f} {test_wps:9.0f}",
                   flush=True)
+            measured[mode, precision] = train_wps
+    if FLAGS.adapt_words:
+        print_adaptation(config, measured.get(("fast", "fp32")) or words_per_second(config, "fast", "fp32")[0])
 
 
 if __name__ == "__main__":

@@ -95,3 +95,18 @@ def test_benchmark_stopped_by_a_signal(signum):
     assert process.returncode == 128 + signum, stderr
     assert re.fullmatch(rf"error: stopped by signal {signum}( \({signal.Signals(signum).name}\)| while starting)\n",
                         stderr)
+
+
+def test_benchmark_times_lm_eval_with_adaptation():
+    """--adapt_words: a line for each of adapt's passes, the static one 1.0 x itself, every one on the PTB test text."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), "--model=test", "--modes=block",
+                             "--precisions=fp32", "--steps=1", "--adapt_words=250"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert "lm.py eval on 250 random words, batch 1, fp32; the PTB test text (82430 words)" in result.stdout
+    rows = re.findall(r"^  (\S.*?) +\d+ w/s +test text +\d+ s = +([\d.]+) x static = +[\d.]+ x an epoch$",
+                      result.stdout, re.M)
+    assert [name for name, _ in rows] == ["static", "cache N=2000"] + [
+        f"dynamic {form} n={n}{decayed}" for form, windows in (("SGD", (10, 20)), ("RMS", (5, 10)))
+        for n in windows for decayed in ("", " decayed")]
+    assert rows[0][1] == "1.0"
