@@ -202,11 +202,15 @@ class Adapter:
         With rms, Krause's form: g / (rms + eps) for g, and decay min(rms / mean_rms, 1 / decay) for decay
         (his clip keeps a weight's pull below the whole distance back to theta_0).
         """
-        rates = ([tf.minimum(self.decay * r / self.mean_rms, 1.0) for r in self.rms] if rms
-                 else [self.decay] * len(self.variables))
         with tf.control_dependencies(computed):
-            pulls = [v.assign_add(rate * (trained - v)) for v, trained, rate in zip(self.variables, self.trained, rates)
-                     ] if decayed else []
+            with tf.xla.experimental.jit_scope():
+                # XLA compiles each weight's pull into one loop (a read of theta, theta_0 and rms, a write of
+                # theta) where TensorFlow's ops one at a time write a temporary the size of the weight for each:
+                # medium's decayed passes 16-35% faster (results/benchmark-medium-adapt.txt).
+                rates = ([tf.minimum(self.decay * r / self.mean_rms, 1.0) for r in self.rms] if rms
+                         else [self.decay] * len(self.variables))
+                pulls = [v.assign_add(rate * (trained - v))
+                         for v, trained, rate in zip(self.variables, self.trained, rates)] if decayed else []
             with tf.control_dependencies(pulls):
                 if rms:
                     grads = [self.normalised(g, r) for g, r in zip(grads, self.rms)]
