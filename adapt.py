@@ -203,14 +203,16 @@ class Adapter:
         (his clip keeps a weight's pull below the whole distance back to theta_0).
         """
         with tf.control_dependencies(computed):
-            with tf.xla.experimental.jit_scope():
+            pulls = []
+            if decayed:
                 # XLA compiles each weight's pull into one loop (a read of theta, theta_0 and rms, a write of
                 # theta) where TensorFlow's ops one at a time write a temporary the size of the weight for each:
-                # medium's decayed passes 16-35% faster (results/benchmark-medium-adapt.txt).
-                rates = ([tf.minimum(self.decay * r / self.mean_rms, 1.0) for r in self.rms] if rms
-                         else [self.decay] * len(self.variables))
-                pulls = [v.assign_add(rate * (trained - v))
-                         for v, trained, rate in zip(self.variables, self.trained, rates)] if decayed else []
+                # 9-35% off medium's decayed passes (results/benchmark-medium-adapt.txt).
+                with tf.xla.experimental.jit_scope():
+                    rates = ([tf.minimum(self.decay * r / self.mean_rms, 1.0) for r in self.rms] if rms
+                             else [self.decay] * len(self.variables))
+                    pulls = [v.assign_add(rate * (trained - v))
+                             for v, trained, rate in zip(self.variables, self.trained, rates)]
             with tf.control_dependencies(pulls):
                 if rms:
                     grads = [self.normalised(g, r) for g, r in zip(grads, self.rms)]
@@ -231,11 +233,11 @@ class Adapter:
                                                   rows))
         return r.assign_add(tf.square(g))
 
-    def statistics_too_short(self, window):
-        """What is wrong with the statistics text for windows of `window` words, or None: it needs a full one."""
+    def statistics_problem(self, window):
+        """What keeps the statistics text from a full window of `window` words, or None."""
         if len(self.statistics) - 1 < window:
-            return (f"the RMS form's statistics text holds {len(self.statistics)} words, fewer than a window of "
-                    f"{window} and the word after it: give a longer --dynamic_rms or a larger --dynamic_stat_words")
+            return (f"the RMS form's statistics text has {len(self.statistics) - 1} words to predict, fewer than a "
+                    f"window of {window}")
         return None
 
     def gather_statistics(self, window):
@@ -247,9 +249,10 @@ class Adapter:
         if window in self.gathered:
             self.session.run(self.put_rms, dict(zip(self.rms_values, self.gathered[window])))
         else:
-            problem = self.statistics_too_short(window)
+            problem = self.statistics_problem(window)
             if problem:
-                raise ValueError(problem)
+                raise ValueError(f"{problem}: give a longer --dynamic_rms, a larger --dynamic_stat_words or a shorter "
+                                 "--dynamic_window")
             count = (len(self.statistics) - 1) // window
             clock = time.time()
             model, updates = self.stepper(window)

@@ -132,7 +132,9 @@ def words_per_second(config, mode, precision):
 
 
 PTB_WORDS = {"train": 929589, "test": 82430}  # ptb.train.txt and ptb.test.txt, with an <eos> a line
-# lm.py eval's settings timed with --adapt_words: tune's choices on small (README), and the windows it tries.
+STAT_WORDS = 200000  # the RMS form's statistics as tune ran on small (--dynamic_stat_words, README)
+# lm.py eval's settings timed with --adapt_words: the cache at tune's largest size (only N changes its time), the
+# windows tune tries; rates and decays do not change a pass's time, only whether it decays at all.
 ADAPTATIONS = {
     "static": {},
     "cache N=2000": dict(cache_size=2000, cache_theta=0.5, cache_lambda=0.1),
@@ -144,43 +146,55 @@ ADAPTATIONS = {
 
 
 def adaptation_seconds(config, words):
-    """{name: seconds} of lm.py eval's pass over `words` random ids for each of ADAPTATIONS, batch 1, fp32.
+    """({name: seconds} of lm.py eval's pass over `words` random ids for each of ADAPTATIONS, batch 1, fp32,
+    {window: seconds} of gathering the RMS form's statistics on the same words).
 
-    The model as lm.py loads it (random weights instead of a checkpoint's); the RMS form's statistics
-    gathered on a few words, before the clock starts, as each pass's graph is built: by a pass over a few
-    windows first (a pass's time is the same for any weights or ids: no step depends on their values).
+    A pass's time does not depend on the weights or the ids, so the model is lm.py's with random weights.
+    Before each timed pass, an untimed one over two windows and a shorter one builds its graphs (and gathers
+    the RMS form's statistics for its window, which the Adapter times on its own, with the first run's setup of
+    their graph, as lm.py eval pays it).
     """
     graph = tf.Graph()
     with graph.as_default(), tf.variable_scope("Model", initializer=tf.random_uniform_initializer(-0.05, 0.05)):
         model = PTBModel(False, config, 1, None, rnn_mode="block")
-    session = tf.Session(graph=graph, config=session_config(FLAGS.num_threads))
-    with graph.as_default():
-        session.run(tf.global_variables_initializer())
     ids = np.random.RandomState(0).randint(0, config.vocab_size, words + 1)
-    adapter = adapt.Adapter(types.SimpleNamespace(graph=graph, session=session, config=config, model=model),
-                            statistics=ids[:max(ADAPTATIONS[name].get("dynamic_window", 0) for name in ADAPTATIONS) + 1])
     seconds = {}
-    for name, settings in ADAPTATIONS.items():
-        window = settings.get("dynamic_window", adapt.EVAL_WINDOW)
-        adapt.log_probs(adapter, ids[:2 * window + 2], settings)  # a window's graph, the shorter last one's too
-        start = time.perf_counter()
-        adapt.log_probs(adapter, ids, settings)
-        seconds[name] = time.perf_counter() - start
-    session.close()
-    return seconds
+    with tf.Session(graph=graph, config=session_config(FLAGS.num_threads)) as session:
+        with graph.as_default():
+            session.run(tf.global_variables_initializer())
+        # What adapt.Adapter reads of an lm.LanguageModel.
+        adapter = adapt.Adapter(types.SimpleNamespace(graph=graph, session=session, config=config, model=model),
+                                statistics=ids)
+        for name, settings in ADAPTATIONS.items():
+            window = settings.get("dynamic_window", adapt.EVAL_WINDOW)
+            if "dynamic_window" in settings:
+                adapter.stepper(window)  # built before the statistics' clock starts
+            adapt.log_probs(adapter, ids[:2 * window + 2], settings)
+            start = time.perf_counter()
+            log_p = adapt.log_probs(adapter, ids, settings)
+            seconds[name] = time.perf_counter() - start
+            if not np.isfinite(log_p).all():  # the pass stopped early: its time is not a whole pass's
+                raise ValueError(f"the {name} pass diverged on random weights: rerun with another --adapt_words")
+    return seconds, adapter.gathering_seconds
 
 
 def print_adaptation(config, train_wps):
-    """A line for each of ADAPTATIONS: words/s, and the PTB test text's time against a training epoch's."""
+    """A line for each of ADAPTATIONS, and each window's statistics: words/s, and the time of the PTB test text
+    (of STAT_WORDS training words) against a training epoch's, estimated from the training steps timed."""
     epoch = PTB_WORDS["train"] / train_wps
-    print(f"\nlm.py eval on {FLAGS.adapt_words} random words, batch 1, fp32; the PTB test text "
-          f"({PTB_WORDS['test']} words) against a training epoch ({PTB_WORDS['train']} words: {epoch:.0f} s at "
-          f"{train_wps:.0f} w/s, fast fp32):")
-    seconds = adaptation_seconds(config, FLAGS.adapt_words)
+    words = FLAGS.adapt_words
+    print(f"\nlm.py eval on {words} random words, batch 1, fp32; the PTB test text ({PTB_WORDS['test']} words) "
+          f"against a training epoch ({PTB_WORDS['train']} words: {epoch:.0f} s at {train_wps:.0f} w/s, fast fp32):")
+    seconds, gathering = adaptation_seconds(config, words)
     for name, s in seconds.items():
-        test = PTB_WORDS["test"] * s / FLAGS.adapt_words
-        print(f"  {name:25} {FLAGS.adapt_words / s:6.0f} w/s   test text {test:5.0f} s = {s / seconds['static']:5.1f} x "
+        test = PTB_WORDS["test"] * s / words
+        print(f"  {name:25} {words / s:6.0f} w/s   test text {test:5.0f} s = {s / seconds['static']:5.1f} x "
               f"static = {test / epoch:5.2f} x an epoch", flush=True)
+    for window, s in sorted(gathering.items()):
+        wps = words // window * window / s  # the statistics' full windows only
+        stats = STAT_WORDS / wps
+        print(f"  {f'RMS statistics n={window}':25} {wps:6.0f} w/s   {STAT_WORDS} words {stats:5.0f} s "
+              f"= {stats / epoch:5.2f} x an epoch, paid once a run of lm.py eval", flush=True)
 
 
 def main(argv):

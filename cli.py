@@ -65,7 +65,7 @@ RANGES = {
     "replicas": ("integer", lambda v: 1 <= v <= 1024, "from 1 to 1024"),
     "worker_timeout": ("number", lambda v: v > 0, "above 0"),
     "steps": ("integer", lambda v: v >= 1, "of at least 1"),
-    "adapt_words": ("integer", lambda v: v >= 0, "of at least 0 (0: no adaptation timed)"),
+    "adapt_words": ("integer", lambda v: v == 0 or v >= 100, "of 0 (none) or at least 100 (lm.py eval's window)"),
     "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
     "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
     "top_k": ("integer", lambda v: v >= 1, "of at least 1"),

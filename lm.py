@@ -399,9 +399,10 @@ def run_tune(lm, rms):
     if rms:
         rms["dynamic_rms"] = os.path.abspath(rms["dynamic_rms"])  # adapt.json is read from any folder
         longest = max(adapt.RMS_SEARCH.window, *adapt.RMS_SEARCH.windows)
-        problem = adapted.statistics_too_short(longest)  # refused now, not after the hours of the searches before
+        problem = adapted.statistics_problem(longest)  # refused now, not after the hours of the searches before
         if problem:
-            raise UsageError(f"{problem} (tune tries windows up to {longest} words)")
+            raise UsageError(f"{problem}, the longest tune tries: give a longer --dynamic_rms or a larger "
+                             "--dynamic_stat_words")
         rms_passes = (f", {adapt.RMS_SEARCH.passes} for its RMS form's (statistics on {len(adapted.statistics) - 1} "
                       f"words of --dynamic_rms, gathered once for each window length)")
     print(f"Tuning the cache and dynamic evaluation on --valid={FLAGS.valid} ({len(valid)} words): 1 pass for the "

@@ -249,6 +249,9 @@ def test_eval_in_the_rms_form_and_its_flags(trained):
     assert no_step.stdout.strip().endswith(f"with --dynamic_lr=0 --dynamic_decay=0 --dynamic_window=9 "
                                            f"--dynamic_rms={corpus}/ptb.train.txt --dynamic_stat_words=500 "
                                            "--dynamic_eps=0.001")
+    just_enough = run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0", rms[0], "--dynamic_stat_words=9",
+                         "--dynamic_window=9")  # one full window of statistics: accepted
+    assert perplexity_printed(just_enough) == pytest.approx(static, abs=0.0015)
     assert perplexity_printed(run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0.01",
                                      "--dynamic_decay=0.01", *rms)) != pytest.approx(static, abs=0.01)
     assert snapshot(save_path) == before
@@ -257,7 +260,8 @@ def test_eval_in_the_rms_form_and_its_flags(trained):
                          (["--dynamic_eps=1e-3"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE too"),
                          ([rms[0]], "--dynamic_rms needs --dynamic_lr and --dynamic_window"),
                          ([rms[0], "--dynamic_stat_words=5", "--dynamic_lr=0.01", "--dynamic_window=9"],
-                          "statistics text holds 6 words, fewer than a window of 9 and the word after it"),
+                          "statistics text has 5 words to predict, fewer than a window of 9: give a longer "
+                          "--dynamic_rms, a larger --dynamic_stat_words or a shorter --dynamic_window"),
                          (["--adapt=tuned", "--dynamic_eps=1e-3"], "--adapt=tuned takes the values lm.py tune chose: "
                                                                   "leave out --dynamic_eps")):
         assert_one_line_error(run_lm("eval", f"--save_path={save_path}", text, *bad), "^error: .*" + re.escape(message))
@@ -352,8 +356,8 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
                                                                      "--cache_size --dynamic_window"),
                          (["--dynamic_stat_words=500"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE"),
                          ([f"--dynamic_rms={corpus}/ptb.train.txt", "--dynamic_stat_words=19"],
-                          "statistics text holds 20 words, fewer than a window of 20 and the word after it: give a "
-                          "longer --dynamic_rms or a larger --dynamic_stat_words (tune tries windows up to 20 words)")):
+                          "statistics text has 19 words to predict, fewer than a window of 20, the longest tune "
+                          "tries: give a longer --dynamic_rms or a larger --dynamic_stat_words")):
         assert_one_line_error(run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt",
                                      f"--input={corpus}/ptb.test.txt", *bad), "^error: .*" + re.escape(message))
 

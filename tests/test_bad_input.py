@@ -267,6 +267,8 @@ CASES = [
     (L, ["nearest", "--save_path={nonfinite}", "--word=cat"], NOT_FINITE, 2),
     (L, ["projector", "--save_path={nonfinite}", "--export_dir={root}/projected"], NOT_FINITE, 2),
     (B, ["--steps=0"], FLAG.format("steps=0") + "of at least 1" + HELP, 2),
+    (B, ["--adapt_words=50"], FLAG.format("adapt_words=50") + r"of 0 \(none\) or at least 100 \(lm.py eval's window\)"
+     + HELP, 2),
     (B, ["--num_threads=-1"], FLAG.format("num_threads=-1") + r"from 0 \(one per core\) to 1024" + HELP, 2),
     (B, ["--precisions=fp32,fp8"], r"^error: flag --precisions=\['fp32', 'fp8'\]: fp8 is not one of fp32, bf16, fp16: "
                                    "give one or more of them, separated by commas" + HELP, 2),

@@ -98,15 +98,31 @@ def test_benchmark_stopped_by_a_signal(signum):
 
 
 def test_benchmark_times_lm_eval_with_adaptation():
-    """--adapt_words: a line for each of adapt's passes, the static one 1.0 x itself, every one on the PTB test text."""
+    """--adapt_words: a line for each of adapt's passes and each window's statistics, their ratios those of their
+    words/s (as printed, so to the rounding of the printed numbers)."""
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), "--model=test", "--modes=block",
                              "--precisions=fp32", "--steps=1", "--adapt_words=250"],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
-    assert "lm.py eval on 250 random words, batch 1, fp32; the PTB test text (82430 words)" in result.stdout
-    rows = re.findall(r"^  (\S.*?) +\d+ w/s +test text +\d+ s = +([\d.]+) x static = +[\d.]+ x an epoch$",
+    epoch, train_wps = map(float, re.search(r"lm.py eval on 250 random words, batch 1, fp32; the PTB test text "
+                                            r"\(82430 words\) against a training epoch \(929589 words: (\d+) s at "
+                                            r"(\d+) w/s, fast fp32\):$", result.stdout, re.M).groups())
+    assert epoch == pytest.approx(929589 / train_wps, abs=0.6)
+    epoch = 929589 / train_wps  # the printed one is rounded to the second
+    rows = re.findall(r"^  (\S.*?) +(\d+) w/s +test text +(\d+) s = +([\d.]+) x static = +([\d.]+) x an epoch$",
                       result.stdout, re.M)
-    assert [name for name, _ in rows] == ["static", "cache N=2000"] + [
+    assert [name for name, *_ in rows] == ["static", "cache N=2000"] + [
         f"dynamic {form} n={n}{decayed}" for form, windows in (("SGD", (10, 20)), ("RMS", (5, 10)))
         for n in windows for decayed in ("", " decayed")]
-    assert rows[0][1] == "1.0"
+    static_wps = float(rows[0][1])
+    for name, wps, test, against_static, against_epoch in rows:
+        wps, seconds = float(wps), 82430 / float(wps)
+        assert float(test) == pytest.approx(seconds, abs=0.5 + seconds / 100), name
+        assert float(against_static) == pytest.approx(static_wps / wps, abs=0.05 + static_wps / wps / 100), name
+        assert float(against_epoch) == pytest.approx(seconds / epoch, abs=0.005 + seconds / epoch / 100), name
+    statistics = re.findall(r"^  RMS statistics n=(\d+) +(\d+) w/s +200000 words +(\d+) s = +([\d.]+) x an epoch, "
+                            r"paid once a run of lm.py eval$", result.stdout, re.M)
+    assert [window for window, *_ in statistics] == ["5", "10"]
+    for _, wps, stats, against_epoch in statistics:
+        assert float(stats) == pytest.approx(200000 / float(wps), abs=0.5 + float(stats) / 100)
+        assert float(against_epoch) == pytest.approx(float(stats) / epoch, abs=0.005 + float(stats) / epoch / 100)
