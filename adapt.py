@@ -28,10 +28,12 @@ the hidden states the dynamic pass produces. tune() chooses each method's values
 by a coarse grid and then a finer one, and reports both texts.
 """
 import collections
+import hashlib
 import json
 import math
 import os
 import time
+import zipfile
 
 import numpy as np
 
@@ -134,7 +136,8 @@ class Adapter:
     The trained weights theta_0 are copied into the graph as local variables (never seen by a Saver,
     so never saved); every dynamic pass starts from them and puts them back when it ends. Given
     `statistics` (the ids of a training text), it can take the RMS form's steps too: rms, a local
-    variable a weight, is gathered on that text the first time a window length needs it.
+    variable a weight, is gathered on that text the first time a window length needs it (or read from
+    the file save_statistics wrote, for the same weights and text).
     """
 
     def __init__(self, lm, statistics=None):
@@ -263,6 +266,35 @@ class Adapter:
             self.gathering_seconds[window] = time.time() - clock
         self.session.run(self.average_rms)
         self.rms_window = window
+
+    def fingerprint(self):
+        """What rms depends on besides the window: the trained weights and the statistics text (sha256 of both)."""
+        digest = hashlib.sha256(np.asarray(self.statistics, np.int64).tobytes())
+        for value in self.session.run(self.trained):
+            digest.update(value.tobytes())
+        return digest.hexdigest()
+
+    def save_statistics(self, path, window):
+        """Writes the rms gathered for `window` to path (an .npz; whole or not at all), for a later Adapter of the
+        same weights and statistics text: lm.py tune keeps its chosen window's, which eval would gather again."""
+        key = json.dumps({"window": window, "sha256": self.fingerprint()})
+        with checkpoint.replacing(path) as tmp, open(tmp, "xb") as f:
+            np.savez(f, *self.gathered[window], key=np.array(key))
+
+    def load_statistics(self, path):
+        """The window whose rms path holds, now taken as gathered; None if there is no such file, or it is
+        another model's or text's, or unreadable (then the statistics are gathered when needed, as without it)."""
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                key = json.loads(str(stored["key"]))
+                rms = [stored[f"arr_{i}"] for i in range(len(self.rms))]
+            window, matches = key["window"], key["sha256"] == self.fingerprint()
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+            return None
+        if not matches or [a.shape for a in rms] != [tuple(r.shape.as_list()) for r in self.rms]:
+            return None
+        self.gathered[window] = rms
+        return window
 
     def read(self, ids, window, parts, hidden=False, feed=None, reference=None):
         """One pass over ids as lm.py eval reads them: windows of `window` words, the last shorter, state carried.
@@ -438,10 +470,13 @@ def tune(adapter, valid, test, say=print, rms=None):
         record[method]["test"] = evaluate(adapter, test, settings_of(record, method))
         record[method]["seconds"] = round(time.time() - clock, 1)
         also = ""
-        if RMS[0] in record[method]:  # eval --adapt=tuned pays the gathering of the statistics too, before its pass
-            gathering = adapter.gathering_seconds.get(record[method]["dynamic_window"], 0.0)
-            record[method]["statistics_seconds"] = round(gathering, 1)
-            also = f"; gathering its statistics took {gathering:.0f} s, during the search"
+        if RMS[0] in record[method]:  # the gathering of its statistics, before the pass (lm.py tune keeps them)
+            gathering = adapter.gathering_seconds.get(record[method]["dynamic_window"])
+            if gathering is None:
+                also = "; its statistics as stored by an earlier tune"
+            else:
+                record[method]["statistics_seconds"] = round(gathering, 1)
+                also = f"; gathering its statistics took {gathering:.0f} s, during the search"
         say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s{also})")
     record["best"] = min(record, key=lambda method: record[method]["valid"])
     return record

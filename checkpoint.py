@@ -27,12 +27,13 @@ from tf1 import tf
 
 CKPT, CONFIG, VOCAB, INDEX = "model.ckpt", "config.json", "vocab.txt", "checkpoint"
 ADAPT = "adapt.json"  # what lm.py tune chose for the folder's weights (adapt.py), read by lm.py eval --adapt=tuned
+ADAPT_RMS = "adapt_rms.npz"  # and the gradient statistics of its RMS form, which lm.py eval would gather again
 
 # What a training run (and lm.py projector and tune) writes into its folder, with the temporary names of
 # write_atomically; anything else is the user's. runfolder.py says which of these folders a run wrote.
 RUN_FILES = re.compile(r"(checkpoint|config\.json|vocab\.txt|metrics\.jsonl|perplexity\.png|projector_config\.pbtxt"
-                       r"|metadata\.tsv|run\.json|adapt\.json)(\.tmp.*)?|model\.ckpt-.*|events\.out\.tfevents\..*"
-                       r"|\.write-test|\.lock")
+                       r"|metadata\.tsv|run\.json|adapt\.json|adapt_rms\.npz)(\.tmp.*)?|model\.ckpt-.*"
+                       r"|events\.out\.tfevents\..*|\.write-test|\.lock")
 READ_TRIES = 10  # read_latest: how many newer checkpoints to try while a training replaces them
 
 

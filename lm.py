@@ -12,7 +12,7 @@ possible next word a probability, and that is all these commands read off it.
                           --dynamic_rms=ptb.train.txt --dynamic_stat_words=200000   # Krause et al.'s RMS form
     python lm.py tune     --save_path=DIR --valid=ptb.valid.txt --input=ptb.test.txt   # writes DIR/adapt.json
     python lm.py tune     --save_path=DIR --valid=ptb.valid.txt --input=ptb.test.txt \
-                          --dynamic_rms=ptb.train.txt --dynamic_stat_words=200000    # searches the RMS form too
+                          --dynamic_rms=ptb.train.txt --dynamic_stat_words=200000    # + the RMS form, adapt_rms.npz
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --adapt=tuned          # the values tune chose
     python lm.py export   --save_path=DIR --export_dir=DIR/saved_model
     python lm.py nearest  --save_path=DIR --word=market --top_k=10    # cosine, in the learned embedding
@@ -303,13 +303,20 @@ def adaptation(command):
 
 
 def adapter(lm, settings, flag="--dynamic_rms"):
-    """The adapt.Adapter for settings: with the RMS form's, the ids of its statistics text (named by `flag`)."""
-    statistics = None
-    if "dynamic_rms" in settings:
-        statistics = read_ids(lm, settings["dynamic_rms"], flag)
-        if settings.get("dynamic_stat_words") is not None:
-            statistics = statistics[:settings["dynamic_stat_words"] + 1]
-    return adapt.Adapter(lm, statistics)
+    """The adapt.Adapter for settings: with the RMS form's, the ids of its statistics text (named by `flag`), and the
+    statistics lm.py tune stored in the folder if they are of these weights and that text."""
+    if "dynamic_rms" not in settings:
+        return adapt.Adapter(lm)
+    statistics = read_ids(lm, settings["dynamic_rms"], flag)
+    if settings.get("dynamic_stat_words") is not None:
+        statistics = statistics[:settings["dynamic_stat_words"] + 1]
+    adapted = adapt.Adapter(lm, statistics)
+    path = os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS)
+    window = adapted.load_statistics(path)
+    if window is not None and settings.get("dynamic_window", window) == window:  # tune: any of its windows
+        print(f"note: the RMS form's statistics for windows of {window} words read from {path} (lm.py tune gathered "
+              "them on the same text with the same weights)", file=sys.stderr)
+    return adapted
 
 
 def tuned_adaptation(lm):
@@ -409,8 +416,11 @@ def run_tune(lm, rms):
           f"cache's grids, {adapt.SGD_SEARCH.passes} for dynamic evaluation's{rms_passes}", flush=True)
     record = adapt.tune(adapted, valid, test, say=lambda line: print(line, flush=True), rms=rms)
     record.update(checkpoint=os.path.basename(lm.prefix), valid=FLAGS.valid, test=FLAGS.input)
-    with cli.signals_deferred():  # the file is written whole, then a Ctrl-C that came meanwhile ends the program
+    with cli.signals_deferred():  # the files are written whole, then a Ctrl-C that came meanwhile ends the program
         adapt.write_tuned(FLAGS.save_path, record)
+        if rms:  # the chosen window's statistics, which eval --adapt=tuned (or eval with these flags) then reads
+            adapted.save_statistics(os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS),
+                                    record["dynamic_rms"]["dynamic_window"])
     if cli.received:
         raise cli.Interrupted(cli.received[0])
     print("\n".join(adapt.summary(record)))

@@ -238,6 +238,32 @@ def test_the_statistics_of_each_window_are_gathered_once(model):
     assert not all(np.array_equal(a, b) for a, b in zip(gathered[0], gathered[1]))
 
 
+def test_statistics_stored_are_read_back_for_the_same_weights_and_text_only(model, tmp_path):
+    """What tune keeps for eval: the rms of one window, taken by an Adapter of the same weights and statistics text,
+    not gathered again; another text, or another file, and they are gathered as without it."""
+    text = model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split())
+    first = adapt.Adapter(model, text)
+    first.gather_statistics(4)
+    path = str(tmp_path / checkpoint.ADAPT_RMS)
+    first.save_statistics(path, 4)
+    stored = first.session.run(first.rms + [first.mean_rms])
+    again = adapt.Adapter(model, text)
+    read, windows = again.read, []
+    again.read = lambda ids, window, *args, **kwargs: windows.append(window) or read(ids, window, *args, **kwargs)
+    assert again.load_statistics(path) == 4
+    again.gather_statistics(4)
+    assert windows == [] and 4 not in again.gathering_seconds
+    assert all(np.array_equal(a, b) for a, b in zip(stored, again.session.run(again.rms + [again.mean_rms])))
+    again.gather_statistics(3)  # a window the file does not hold: gathered
+    assert windows == [3]
+    assert adapt.Adapter(model, text[:-1]).load_statistics(path) is None  # another text
+    for junk in (b"", b"not an npz"):
+        with open(path, "wb") as f:
+            f.write(junk)
+        assert adapt.Adapter(model, text).load_statistics(path) is None
+    assert adapt.Adapter(model, text).load_statistics(str(tmp_path / "none.npz")) is None
+
+
 def test_eval_in_the_rms_form_and_its_flags(trained):
     save_path, corpus, _ = trained
     before = snapshot(save_path)
@@ -338,6 +364,15 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
     assert adapt.settings_of(record, "both") == {**{k: record["both"][k] for k in adapt.CACHE},
                                                  **adapt.settings_of(record, form)}
     assert re.search(r"^dynamic_rms +[\d.]+ +[\d.]+  --dynamic_lr=.* --dynamic_eps=0.002$", tuned.stdout, re.M)
+    # The chosen window's statistics are kept in the folder: eval with that form's settings reads them, and gives
+    # the perplexity tune printed.
+    window = record["dynamic_rms"]["dynamic_window"]
+    applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt",
+                     *adapt.flags_text(adapt.settings_of(record, "dynamic_rms")).split())
+    assert perplexity_printed(applied) == pytest.approx(record["dynamic_rms"]["test"], abs=0.0015)
+    assert applied.stderr.strip() == (f"note: the RMS form's statistics for windows of {window} words read from "
+                                      f"{folder}/{checkpoint.ADAPT_RMS} (lm.py tune gathered them on the same text "
+                                      "with the same weights)")
     # eval --adapt=tuned applies the RMS form too, here under "both" with the whole training text's statistics
     # (dynamic_stat_words null), read again from the file adapt.json names.
     ours = dict(cache_size=3, cache_theta=0.25, cache_lambda=0.4, dynamic_lr=0.01, dynamic_decay=0.02,
@@ -351,6 +386,7 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
                               lm.read_ids(model, f"{corpus}/ptb.test.txt"), settings)
     assert perplexity_printed(applied) == pytest.approx(expected, abs=0.0015)
     assert applied.stdout.strip().endswith(adapt.flags_text(settings)) and "stat_words" not in applied.stdout
+    assert "statistics" not in applied.stderr  # another text and window: gathered
     # Settings tune chooses itself are refused, as are the RMS form's without its text.
     for bad, message in ((["--cache_size=5", "--dynamic_window=3"], "tune chooses the settings itself: leave out "
                                                                      "--cache_size --dynamic_window"),
