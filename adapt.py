@@ -267,34 +267,40 @@ class Adapter:
         self.session.run(self.average_rms)
         self.rms_window = window
 
-    def fingerprint(self):
-        """What rms depends on besides the window: the trained weights and the statistics text (sha256 of both)."""
-        digest = hashlib.sha256(np.asarray(self.statistics, np.int64).tobytes())
+    def digest(self, *texts):
+        """sha256 of the trained weights and the ids of `texts`: what a result stored for them depends on."""
+        digest = hashlib.sha256()
         for value in self.session.run(self.trained):
             digest.update(value.tobytes())
+        for ids in texts:
+            digest.update(np.int64(len(ids)).tobytes() + np.asarray(ids, np.int64).tobytes())
         return digest.hexdigest()
 
-    def save_statistics(self, path, window):
-        """Writes the rms gathered for `window` to path (an .npz; whole or not at all), for a later Adapter of the
-        same weights and statistics text: lm.py tune keeps its chosen window's, which eval would gather again."""
-        key = json.dumps({"window": window, "sha256": self.fingerprint()})
+    def save_statistics(self, path, windows):
+        """Writes the rms gathered for each of `windows` to path (an .npz; whole or not at all), for a later
+        Adapter of the same weights and statistics text: what lm.py tune gathered, which eval would gather again."""
+        key = json.dumps({"sha256": self.digest(self.statistics),
+                          "seconds": {str(w): self.gathering_seconds.get(w) for w in windows}})
+        arrays = {f"w{w}_{i}": value for w in windows for i, value in enumerate(self.gathered[w])}
         with checkpoint.replacing(path) as tmp, open(tmp, "xb") as f:
-            np.savez(f, *self.gathered[window], key=np.array(key))
+            np.savez(f, key=np.array(key), **arrays)
 
     def load_statistics(self, path):
-        """The window whose rms path holds, now taken as gathered; None if there is no such file, or it is
-        another model's or text's, or unreadable (then the statistics are gathered when needed, as without it)."""
+        """The windows whose rms path holds, now taken as gathered: none if there is no such file, or it is another
+        model's or text's, or unreadable (then the statistics are gathered when needed, as without it)."""
+        shapes = [tuple(r.shape.as_list()) for r in self.rms]
         try:
             with np.load(path, allow_pickle=False) as stored:
                 key = json.loads(str(stored["key"]))
-                rms = [stored[f"arr_{i}"] for i in range(len(self.rms))]
-            window, matches = key["window"], key["sha256"] == self.fingerprint()
+                if key["sha256"] != self.digest(self.statistics):
+                    return []
+                gathered = {int(w): [stored[f"w{w}_{i}"] for i in range(len(self.rms))] for w in key["seconds"]}
         except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
-            return None
-        if not matches or [a.shape for a in rms] != [tuple(r.shape.as_list()) for r in self.rms]:
-            return None
-        self.gathered[window] = rms
-        return window
+            return []
+        gathered = {w: rms for w, rms in gathered.items() if [a.shape for a in rms] == shapes}
+        self.gathered.update(gathered)
+        self.gathering_seconds.update({w: key["seconds"][str(w)] for w in gathered})
+        return sorted(gathered)
 
     def read(self, ids, window, parts, hidden=False, feed=None, reference=None):
         """One pass over ids as lm.py eval reads them: windows of `window` words, the last shorter, state carried.
@@ -406,21 +412,33 @@ def search_cache(log_p, hidden, targets, label, say):
     return {**dict(zip(CACHE, best)), "valid": results[best]}
 
 
-def search_dynamic(adapter, ids, reference, search, say, eps=None):
+def search_dynamic(adapter, ids, reference, search, say, eps=None, progress=None):
     """The settings of one dynamic form (the plain one, or with eps the RMS one) with the lowest perplexity on ids,
-    and (log p, h) of that pass: search.passes passes, those clearly worse than `reference` (static) cut short."""
+    and (log p, h) of that pass, or None if it was measured in an earlier sitting: search.passes passes, those
+    clearly worse than `reference` (static) cut short, each kept in `progress` (a Progress) as it ends."""
+    progress = progress or Progress()
     results, kept = {}, {}
 
     def trial(lr, decay, window):
         key = rounded(lr), rounded(decay), window
-        clock = time.time()
-        log_p, hidden = adapter.dynamic_pass(ids, *key, hidden=True, reference=reference, eps=eps)
-        results[key] = perplexity(log_p)
+        flags, passes, gathered = flags_text(dict(zip(DYNAMIC, key))), {}, len(adapter.gathered)
+
+        def measure():
+            clock = time.time()
+            passes[key] = adapter.dynamic_pass(ids, *key, hidden=True, reference=reference, eps=eps)
+            return {"valid": perplexity(passes[key][0]), "stopped": passes[key][1] is None,
+                    "seconds": round(time.time() - clock, 1)}
+
+        got, before = progress.recall(search.method, flags, measure)
+        if len(adapter.gathered) > gathered:  # the RMS form's statistics for a new window: kept for a rerun too
+            progress.keep_statistics(adapter)
+        results[key] = got["valid"]
         if best_of(results) == key:
-            kept["best"] = log_p, hidden
-        outcome = f"{results[key]:.3f}" if hidden is not None else "- (stopped: diverged, or 10% worse than static)"
-        say(f"{search.method} {len(results)}/{search.passes}: {flags_text(dict(zip(DYNAMIC, key)))}: valid {outcome} "
-            f"({time.time() - clock:.0f} s)")
+            kept.clear()
+            kept.update(passes)
+        outcome = f"{got['valid']:.3f}" if not got["stopped"] else "- (stopped: diverged, or 10% worse than static)"
+        took = "measured before a stop" if before else f"{got['seconds']:.0f} s"
+        say(f"{search.method} {len(results)}/{search.passes}: {flags}: valid {outcome} ({took})")
 
     for lr in search.lrs:
         trial(lr, 0, search.window)
@@ -435,51 +453,117 @@ def search_dynamic(adapter, ids, reference, search, say, eps=None):
         trial(lr, decay * window / search.window, window)
     best = best_of(results)
     say(f"{search.method}: chosen {flags_text(dict(zip(DYNAMIC, best)))}: valid {results[best]:.3f}")
-    return {**dict(zip(DYNAMIC, best)), "valid": results[best]}, kept["best"]
+    return {**dict(zip(DYNAMIC, best)), "valid": results[best]}, kept.get(best)
 
 
-def tune(adapter, valid, test, say=print, rms=None):
+def tune(adapter, valid, test, say=print, rms=None, progress=None):
     """Each method's settings chosen on the ids `valid`, and every method's perplexity on valid and `test`.
 
     rms: {} or the RMS form's fixed settings (RMS's keys; the adapter holds their statistics), to search it too.
     Passes of the model over valid: 1 static (the cache's grids reuse its hidden states) and the dynamic
     searches' (the combined method's cache grids reuse the hidden states of the better form's best pass); over
     test, one a method, each timed on its own (the RMS form's statistics, gathered during the search, apart).
+    progress (a Progress): what an earlier sitting measured, not measured again; what this one does, kept there.
     Returns the record adapt.json keeps: {method: {settings..., "valid", "test", "seconds"}, "best": method}.
     """
+    progress = progress or Progress()
     clock = time.time()
-    static, hidden = adapter.static_pass(valid, hidden=True)
+    static, hidden = adapter.static_pass(valid, hidden=True)  # always: the searches' reference, and the cache's h
     record = {"static": {"valid": perplexity(static)}}
     say(f"static: valid {record['static']['valid']:.3f} ({time.time() - clock:.0f} s)")
-    record["cache"] = search_cache(static, hidden, valid[1:], "cache", say)
+    record["cache"] = recalled(progress, "cache", lambda: search_cache(static, hidden, valid[1:], "cache", say), say)
     del hidden  # [words, hidden size]: a large model's is 0.4 GB, and each dynamic search keeps its own
     form, best_pass = None, None
     for search, fixed in [(SGD_SEARCH, {})] + ([(RMS_SEARCH, rms)] if rms else []):
-        found, kept = search_dynamic(adapter, valid, static, search, say, fixed.get("dynamic_eps"))
+        found, kept = search_dynamic(adapter, valid, static, search, say, fixed.get("dynamic_eps"), progress)
         record[search.method] = {**found, **fixed}
         if form is None or found["valid"] < record[form]["valid"]:
             form, best_pass = search.method, kept
-    dynamic, hidden = best_pass
-    if hidden is not None:  # else every setting diverged: nothing to build a cache on
+
+    def both():
+        """The cache on the better form's best pass (run again if an earlier sitting measured it); None if every
+        setting diverged: no hidden states to build a cache on."""
+        if not math.isfinite(record[form]["valid"]):
+            return None
+        settings = settings_of(record, form)
+        dynamic, hidden = best_pass or adapter.dynamic_pass(valid, *(settings[k] for k in DYNAMIC), hidden=True,
+                                                            eps=settings.get("dynamic_eps"))
         cache = search_cache(dynamic, hidden, valid[1:], "both", say)
-        record["both"] = {**{k: cache[k] for k in CACHE}, **settings_of(record, form), "valid": cache["valid"]}
+        return {**{k: cache[k] for k in CACHE}, **settings, "valid": cache["valid"]}
+
+    found = recalled(progress, "both", both, say)
+    if found is not None:
+        record["both"] = found
 
     say("test: the chosen settings")
     for method in record:
-        clock = time.time()
-        record[method]["test"] = evaluate(adapter, test, settings_of(record, method))
-        record[method]["seconds"] = round(time.time() - clock, 1)
-        also = ""
-        if RMS[0] in record[method]:  # the gathering of its statistics, before the pass (lm.py tune keeps them)
-            gathering = adapter.gathering_seconds.get(record[method]["dynamic_window"])
-            if gathering is None:
-                also = "; its statistics as stored by an earlier tune"
-            else:
-                record[method]["statistics_seconds"] = round(gathering, 1)
-                also = f"; gathering its statistics took {gathering:.0f} s, during the search"
+        def measure():
+            clock = time.time()
+            return {"test": evaluate(adapter, test, settings_of(record, method)),
+                    "seconds": round(time.time() - clock, 1)}
+
+        got, before = progress.recall("test", method, measure)
+        record[method].update(got)
+        also = "; measured before a stop" if before else ""
+        rms_window = record[method]["dynamic_window"] if RMS[0] in record[method] else None
+        gathering = adapter.gathering_seconds.get(rms_window)  # before the search's first pass at that window
+        if gathering is not None:
+            record[method]["statistics_seconds"] = round(gathering, 1)
+            also += f"; gathering its statistics took {gathering:.0f} s, during the search"
         say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s{also})")
     record["best"] = min(record, key=lambda method: record[method]["valid"])
     return record
+
+
+def recalled(progress, name, search, say):
+    """A cache grid's choice: from progress if an earlier sitting made it, else search() now (and kept)."""
+    found, before = progress.recall("search", name, search)
+    if before and found is not None:
+        say(f"{name}: chosen {flags_text({k: found[k] for k in CACHE})}: valid {found['valid']:.3f} (measured "
+            "before a stop)")
+    return found
+
+
+class Progress:
+    """What a tune has measured, kept in save_path's adapt_progress.json as each search or pass ends: rerun on the
+    same weights, texts and settings (`identity`) after a stop (a Ctrl-C, the end of a sitting), tune measures
+    only what it had not, and follows the same path through the grids. No save_path: kept in memory only."""
+
+    def __init__(self, save_path=None, identity=None):
+        self.save_path, self.identity, self.done = save_path, identity, {}
+        path = self.path
+        if path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    stored = json.load(f)
+                if stored["identity"] == identity:
+                    self.done = stored["done"]
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+                pass  # not one a tune wrote: measured again, and replaced
+
+    @property
+    def path(self):
+        return self.save_path and os.path.join(self.save_path, checkpoint.ADAPT_PROGRESS)
+
+    def recall(self, section, key, measure):
+        """(the value kept under section and key, True), or (measure()'s, False), then kept."""
+        if key in self.done.get(section, {}):
+            return self.done[section][key], True
+        value = measure()
+        self.done.setdefault(section, {})[key] = value
+        if self.path:
+            checkpoint.write_atomically(self.path, json.dumps({"identity": self.identity, "done": self.done},
+                                                              indent=1) + "\n")
+        return value, False
+
+    def keep_statistics(self, adapter):
+        """Every window's statistics gathered so far, into adapt_rms.npz: a rerun reads them (lm.adapter)."""
+        if self.save_path:
+            adapter.save_statistics(os.path.join(self.save_path, checkpoint.ADAPT_RMS), sorted(adapter.gathered))
+
+    def remove(self):
+        if self.path and os.path.exists(self.path):
+            os.remove(self.path)
 
 
 def settings_of(record, method):

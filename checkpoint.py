@@ -28,11 +28,12 @@ from tf1 import tf
 CKPT, CONFIG, VOCAB, INDEX = "model.ckpt", "config.json", "vocab.txt", "checkpoint"
 ADAPT = "adapt.json"  # what lm.py tune chose for the folder's weights (adapt.py), read by lm.py eval --adapt=tuned
 ADAPT_RMS = "adapt_rms.npz"  # and the gradient statistics of its RMS form, which lm.py eval would gather again
+ADAPT_PROGRESS = "adapt_progress.json"  # what an unfinished lm.py tune measured: the same command resumes it
 
 # What a training run (and lm.py projector and tune) writes into its folder, with the temporary names of
 # write_atomically; anything else is the user's. runfolder.py says which of these folders a run wrote.
 RUN_FILES = re.compile(r"(checkpoint|config\.json|vocab\.txt|metrics\.jsonl|perplexity\.png|projector_config\.pbtxt"
-                       r"|metadata\.tsv|run\.json|adapt\.json|adapt_rms\.npz)(\.tmp.*)?|model\.ckpt-.*"
+                       r"|metadata\.tsv|run\.json|adapt\.json|adapt_rms\.npz|adapt_progress\.json)(\.tmp.*)?|model\.ckpt-.*"
                        r"|events\.out\.tfevents\..*|\.write-test|\.lock")
 READ_TRIES = 10  # read_latest: how many newer checkpoints to try while a training replaces them
 

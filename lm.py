@@ -312,10 +312,10 @@ def adapter(lm, settings, flag="--dynamic_rms"):
         statistics = statistics[:settings["dynamic_stat_words"] + 1]
     adapted = adapt.Adapter(lm, statistics)
     path = os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS)
-    window = adapted.load_statistics(path)
-    if window is not None and settings.get("dynamic_window", window) == window:  # tune: any of its windows
-        print(f"note: the RMS form's statistics for windows of {window} words read from {path} (lm.py tune gathered "
-              "them on the same text with the same weights)", file=sys.stderr)
+    used = [w for w in adapted.load_statistics(path) if settings.get("dynamic_window", w) == w]  # tune: all
+    if used:
+        print(f"note: the RMS form's statistics for windows of {', '.join(map(str, used))} words read from {path} "
+              "(lm.py tune gathered them on the same text with the same weights)", file=sys.stderr)
     return adapted
 
 
@@ -414,13 +414,23 @@ def run_tune(lm, rms):
                       f"words of --dynamic_rms, gathered once for each window length)")
     print(f"Tuning the cache and dynamic evaluation on --valid={FLAGS.valid} ({len(valid)} words): 1 pass for the "
           f"cache's grids, {adapt.SGD_SEARCH.passes} for dynamic evaluation's{rms_passes}", flush=True)
-    record = adapt.tune(adapted, valid, test, say=lambda line: print(line, flush=True), rms=rms)
+    identity = {"sha256": adapted.digest(valid, test, adapted.statistics or []), **rms}
+    progress = adapt.Progress(FLAGS.save_path, identity)
+    if progress.done:
+        print(f"Resuming: what an earlier run of this tune measured is in {progress.path}", flush=True)
+    try:
+        record = adapt.tune(adapted, valid, test, say=lambda line: print(line, flush=True), rms=rms, progress=progress)
+    except cli.Interrupted as e:
+        if progress.done:
+            e.args = (f"{e}; what it measured is in {progress.path}: rerun the same command to resume",)
+        raise
     record.update(checkpoint=os.path.basename(lm.prefix), valid=FLAGS.valid, test=FLAGS.input)
     with cli.signals_deferred():  # the files are written whole, then a Ctrl-C that came meanwhile ends the program
         adapt.write_tuned(FLAGS.save_path, record)
-        if rms:  # the chosen window's statistics, which eval --adapt=tuned (or eval with these flags) then reads
-            adapted.save_statistics(os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS),
-                                    record["dynamic_rms"]["dynamic_window"])
+        chosen = [record["dynamic_rms"]["dynamic_window"]] if rms else []
+        if set(chosen) & set(adapted.gathered):  # its statistics only, which eval in that form then reads
+            adapted.save_statistics(os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS), chosen)
+        progress.remove()
     if cli.received:
         raise cli.Interrupted(cli.received[0])
     print("\n".join(adapt.summary(record)))

@@ -245,23 +245,23 @@ def test_statistics_stored_are_read_back_for_the_same_weights_and_text_only(mode
     first = adapt.Adapter(model, text)
     first.gather_statistics(4)
     path = str(tmp_path / checkpoint.ADAPT_RMS)
-    first.save_statistics(path, 4)
+    first.save_statistics(path, [4])
     stored = first.session.run(first.rms + [first.mean_rms])
     again = adapt.Adapter(model, text)
     read, windows = again.read, []
     again.read = lambda ids, window, *args, **kwargs: windows.append(window) or read(ids, window, *args, **kwargs)
-    assert again.load_statistics(path) == 4
+    assert again.load_statistics(path) == [4]
     again.gather_statistics(4)
-    assert windows == [] and 4 not in again.gathering_seconds
+    assert windows == [] and again.gathering_seconds == first.gathering_seconds
     assert all(np.array_equal(a, b) for a, b in zip(stored, again.session.run(again.rms + [again.mean_rms])))
     again.gather_statistics(3)  # a window the file does not hold: gathered
     assert windows == [3]
-    assert adapt.Adapter(model, text[:-1]).load_statistics(path) is None  # another text
+    assert adapt.Adapter(model, text[:-1]).load_statistics(path) == []  # another text
     for junk in (b"", b"not an npz"):
         with open(path, "wb") as f:
             f.write(junk)
-        assert adapt.Adapter(model, text).load_statistics(path) is None
-    assert adapt.Adapter(model, text).load_statistics(str(tmp_path / "none.npz")) is None
+        assert adapt.Adapter(model, text).load_statistics(path) == []
+    assert adapt.Adapter(model, text).load_statistics(str(tmp_path / "none.npz")) == []
 
 
 def test_eval_in_the_rms_form_and_its_flags(trained):
@@ -437,5 +437,45 @@ def test_ctrl_c_in_tune_ends_with_one_line_and_writes_nothing(trained, folder, t
     assert seen[-1].startswith("dynamic 1/"), seen
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
-    assert re.fullmatch(r"error: stopped by signal 2.*", stderr.strip())
-    assert snapshot(folder) == before  # no adapt.json, no adapt.json.tmp
+    assert re.fullmatch(r"error: stopped by signal 2.*: rerun the same command to resume", stderr.strip())
+    after = snapshot(folder)
+    progress = after.pop(os.path.join(folder, checkpoint.ADAPT_PROGRESS))  # what a rerun resumes from, whole
+    assert after == before  # no adapt.json, no temporary file
+    with open(os.path.join(folder, checkpoint.ADAPT_PROGRESS)) as f:
+        assert len(json.load(f)["done"]["dynamic"]) == 1, progress
+
+
+def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, folder, model):
+    """Stopped (a Ctrl-C: KeyboardInterrupt here) after the first two RMS passes, then rerun: what was measured is
+    read back, not measured again, and the record is the uninterrupted tune's."""
+    corpus = trained[1]
+    valid, test = (lm.read_ids(model, f"{corpus}/ptb.{name}.txt") for name in ("valid", "test"))
+    rms = dict(dynamic_rms="train", dynamic_stat_words=500, dynamic_eps=0.002)
+    statistics = lm.read_ids(model, f"{corpus}/ptb.train.txt")[:501]
+    whole = adapt.tune(adapt.Adapter(model, statistics), valid, test, say=lambda line: None, rms=rms)
+
+    def stop_at(prefix, seen):
+        def say(line):
+            seen.append(line)
+            if line.startswith(prefix):
+                raise KeyboardInterrupt
+        return say
+
+    identity = {"sha256": "the same", **rms}
+    first, second = [], []
+    with pytest.raises(KeyboardInterrupt):
+        adapt.tune(adapt.Adapter(model, statistics), valid, test, stop_at("dynamic_rms 2/", first), rms,
+                   adapt.Progress(folder, identity))
+    again = adapt.Adapter(model, statistics)
+    assert again.load_statistics(os.path.join(folder, checkpoint.ADAPT_RMS)) == [adapt.RMS_SEARCH.window]
+    resumed = adapt.tune(again, valid, test, second.append, rms, adapt.Progress(folder, identity))
+    before_stop = [line.split(" (")[0] for line in first if line.startswith("dynamic")]
+    assert [line.split(" (")[0] for line in second if line.startswith("dynamic")][:len(before_stop)] == before_stop
+    assert sum("measured before a stop" in line for line in second) == 1 + adapt.SGD_SEARCH.passes + 2  # the cache's
+    assert resumed["best"] == whole["best"]
+    for method in set(whole) - {"best"}:
+        for k, v in whole[method].items():
+            if k not in ("seconds", "statistics_seconds"):
+                assert resumed[method][k] == (pytest.approx(v, rel=1e-5) if isinstance(v, float) else v), (method, k)
+    # Another identity (weights, texts or settings): nothing is read back.
+    assert adapt.Progress(folder, {**identity, "dynamic_eps": 0.001}).done == {}
