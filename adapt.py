@@ -28,6 +28,7 @@ the hidden states the dynamic pass produces. tune() chooses each method's values
 by a coarse grid and then a finer one, and reports both texts.
 """
 import collections
+import copy
 import hashlib
 import json
 import math
@@ -167,6 +168,7 @@ class Adapter:
         self.statistics, self.rms_window = statistics, None
         self.gathered = {}  # window: rms as gathered for it (numpy), put back when a search returns to that window
         self.gathering_seconds = {}  # window: the time its gathering took
+        self.loaded = set()  # the windows whose statistics load_statistics read, not gathered here
         self.steppers = {}
 
     def stepper(self, num_steps):
@@ -285,21 +287,24 @@ class Adapter:
         with checkpoint.replacing(path) as tmp, open(tmp, "xb") as f:
             np.savez(f, key=np.array(key), **arrays)
 
-    def load_statistics(self, path):
-        """The windows whose rms path holds, now taken as gathered: none if there is no such file, or it is another
-        model's or text's, or unreadable (then the statistics are gathered when needed, as without it)."""
+    def load_statistics(self, path, windows=None):
+        """The windows (of `windows`, default all) whose rms path holds, now taken as gathered: none if there is no
+        such file, or it is another model's or text's, or unreadable (then they are gathered when needed)."""
         shapes = [tuple(r.shape.as_list()) for r in self.rms]
         try:
             with np.load(path, allow_pickle=False) as stored:
                 key = json.loads(str(stored["key"]))
                 if key["sha256"] != self.digest(self.statistics):
                     return []
-                gathered = {int(w): [stored[f"w{w}_{i}"] for i in range(len(self.rms))] for w in key["seconds"]}
+                gathered = {int(w): [stored[f"w{w}_{i}"] for i in range(len(self.rms))] for w in key["seconds"]
+                            if windows is None or int(w) in windows}
+            seconds = {w: float(key["seconds"][str(w)]) for w in gathered}
         except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
             return []
         gathered = {w: rms for w, rms in gathered.items() if [a.shape for a in rms] == shapes}
         self.gathered.update(gathered)
-        self.gathering_seconds.update({w: key["seconds"][str(w)] for w in gathered})
+        self.gathering_seconds.update({w: seconds[w] for w in gathered})
+        self.loaded.update(gathered)
         return sorted(gathered)
 
     def read(self, ids, window, parts, hidden=False, feed=None, reference=None):
@@ -421,17 +426,17 @@ def search_dynamic(adapter, ids, reference, search, say, eps=None, progress=None
 
     def trial(lr, decay, window):
         key = rounded(lr), rounded(decay), window
-        flags, passes, gathered = flags_text(dict(zip(DYNAMIC, key))), {}, len(adapter.gathered)
+        flags, passes = flags_text(dict(zip(DYNAMIC, key))), {}
 
         def measure():
-            clock = time.time()
+            clock, gathered = time.time(), len(adapter.gathered)
             passes[key] = adapter.dynamic_pass(ids, *key, hidden=True, reference=reference, eps=eps)
+            if len(adapter.gathered) > gathered:  # the RMS form's statistics for a new window: on disk before the
+                progress.keep_statistics(adapter, say)  # pass that needed them is, for a rerun to read them back
             return {"valid": perplexity(passes[key][0]), "stopped": passes[key][1] is None,
                     "seconds": round(time.time() - clock, 1)}
 
         got, before = progress.recall(search.method, flags, measure)
-        if len(adapter.gathered) > gathered:  # the RMS form's statistics for a new window: kept for a rerun too
-            progress.keep_statistics(adapter)
         results[key] = got["valid"]
         if best_of(results) == key:
             kept.clear()
@@ -485,9 +490,13 @@ def tune(adapter, valid, test, say=print, rms=None, progress=None):
         setting diverged: no hidden states to build a cache on."""
         if not math.isfinite(record[form]["valid"]):
             return None
-        settings = settings_of(record, form)
-        dynamic, hidden = best_pass or adapter.dynamic_pass(valid, *(settings[k] for k in DYNAMIC), hidden=True,
-                                                            eps=settings.get("dynamic_eps"))
+        settings, best = settings_of(record, form), best_pass
+        if best is None:
+            say(f"both: the pass of {flags_text({k: settings[k] for k in DYNAMIC})} again, for its hidden states "
+                "(measured before a stop)")
+            best = adapter.dynamic_pass(valid, *(settings[k] for k in DYNAMIC), hidden=True,
+                                        eps=settings.get("dynamic_eps"))
+        dynamic, hidden = best
         cache = search_cache(dynamic, hidden, valid[1:], "both", say)
         return {**{k: cache[k] for k in CACHE}, **settings, "valid": cache["valid"]}
 
@@ -509,7 +518,8 @@ def tune(adapter, valid, test, say=print, rms=None, progress=None):
         gathering = adapter.gathering_seconds.get(rms_window)  # before the search's first pass at that window
         if gathering is not None:
             record[method]["statistics_seconds"] = round(gathering, 1)
-            also += f"; gathering its statistics took {gathering:.0f} s, during the search"
+            where = f"read from {checkpoint.ADAPT_RMS}" if rms_window in adapter.loaded else "during the search"
+            also += f"; gathering its statistics took {gathering:.0f} s, {where}"
         say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s{also})")
     record["best"] = min(record, key=lambda method: record[method]["valid"])
     return record
@@ -526,44 +536,57 @@ def recalled(progress, name, search, say):
 
 class Progress:
     """What a tune has measured, kept in save_path's adapt_progress.json as each search or pass ends: rerun on the
-    same weights, texts and settings (`identity`) after a stop (a Ctrl-C, the end of a sitting), tune measures
-    only what it had not, and follows the same path through the grids. No save_path: kept in memory only."""
+    same weights, texts, settings and grids (`identity`) after a stop (a Ctrl-C, the end of a sitting), tune reads
+    those back and follows the same path through the grids; it runs again only the static pass (the searches'
+    reference) and, if the combined method is still to search, the pass it is built on. No save_path: kept in
+    memory only. A folder keeps one tune's progress: another tune's replaces it (`foreign` says it did)."""
 
     def __init__(self, save_path=None, identity=None):
-        self.save_path, self.identity, self.done = save_path, identity, {}
-        path = self.path
-        if path and os.path.isfile(path):
+        self.save_path, self.identity, self.done, self.foreign = save_path, identity, {}, False
+        if self.path and os.path.isfile(self.path):
             try:
-                with open(path, encoding="utf-8") as f:
+                with open(self.path, encoding="utf-8") as f:
                     stored = json.load(f)
-                if stored["identity"] == identity:
-                    self.done = stored["done"]
+                done = stored["done"]
+                valid = isinstance(done, dict) and all(isinstance(v, dict) for v in done.values())
             except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-                pass  # not one a tune wrote: measured again, and replaced
+                valid = False  # not one a tune wrote: measured again, and replaced
+            if valid and stored.get("identity") == identity:
+                self.done = done
+            else:
+                self.foreign = True
 
     @property
     def path(self):
         return self.save_path and os.path.join(self.save_path, checkpoint.ADAPT_PROGRESS)
 
     def recall(self, section, key, measure):
-        """(the value kept under section and key, True), or (measure()'s, False), then kept."""
-        if key in self.done.get(section, {}):
-            return self.done[section][key], True
-        value = measure()
-        self.done.setdefault(section, {})[key] = value
-        if self.path:
-            checkpoint.write_atomically(self.path, json.dumps({"identity": self.identity, "done": self.done},
-                                                              indent=1) + "\n")
-        return value, False
+        """(the value kept under section and key, True), or (measure()'s, False), then kept; a copy either way."""
+        if key not in self.done.get(section, {}):
+            self.done.setdefault(section, {})[key] = measure()
+            if self.path:
+                checkpoint.write_atomically(self.path, json.dumps({"identity": self.identity, "done": self.done},
+                                                                  indent=1) + "\n")
+            return copy.deepcopy(self.done[section][key]), False
+        return copy.deepcopy(self.done[section][key]), True
 
-    def keep_statistics(self, adapter):
-        """Every window's statistics gathered so far, into adapt_rms.npz: a rerun reads them (lm.adapter)."""
+    def keep_statistics(self, adapter, say):
+        """Every window's statistics gathered so far, into adapt_rms.npz, for a rerun to read (lm.adapter); if it
+        cannot be written, the rerun gathers them again."""
         if self.save_path:
-            adapter.save_statistics(os.path.join(self.save_path, checkpoint.ADAPT_RMS), sorted(adapter.gathered))
+            try:
+                adapter.save_statistics(os.path.join(self.save_path, checkpoint.ADAPT_RMS), sorted(adapter.gathered))
+            except OSError as e:
+                say(f"note: the RMS form's statistics not kept ({e.strerror or e}): a rerun would gather them again")
 
     def remove(self):
         if self.path and os.path.exists(self.path):
             os.remove(self.path)
+
+
+# What tune searches: a kept result is read back only for the same grids.
+GRIDS = repr((CACHE_SIZES, CACHE_THETAS, CACHE_LAMBDAS, FINER_SIZES, FINER_THETAS, FINER_LAMBDAS, FINER_LRS,
+              SGD_SEARCH, RMS_SEARCH, HOPELESS))
 
 
 def settings_of(record, method):

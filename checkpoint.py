@@ -6,6 +6,8 @@ and the vocabulary, one word a line (line n is word id n).
     runs/small/config.json    hyperparameters
     runs/small/vocab.txt      the vocabulary
     runs/small/adapt.json     (after lm.py tune) the test-time adaptation chosen for these weights
+    runs/small/adapt_rms.npz  (after lm.py tune --dynamic_rms) the statistics of its RMS form
+    runs/small/adapt_progress.json  (while lm.py tune has not ended) what it measured so far
 
 Only the folder's own files are ever read: the folder can be moved or copied, and a
 `checkpoint` index that still names another folder (written by an older version with an
@@ -33,8 +35,8 @@ ADAPT_PROGRESS = "adapt_progress.json"  # what an unfinished lm.py tune measured
 # What a training run (and lm.py projector and tune) writes into its folder, with the temporary names of
 # write_atomically; anything else is the user's. runfolder.py says which of these folders a run wrote.
 RUN_FILES = re.compile(r"(checkpoint|config\.json|vocab\.txt|metrics\.jsonl|perplexity\.png|projector_config\.pbtxt"
-                       r"|metadata\.tsv|run\.json|adapt\.json|adapt_rms\.npz|adapt_progress\.json)(\.tmp.*)?|model\.ckpt-.*"
-                       r"|events\.out\.tfevents\..*|\.write-test|\.lock")
+                       r"|metadata\.tsv|run\.json|adapt\.json|adapt_rms\.npz|adapt_progress\.json)(\.tmp.*)?"
+                       r"|model\.ckpt-.*|events\.out\.tfevents\..*|\.write-test|\.lock")
 READ_TRIES = 10  # read_latest: how many newer checkpoints to try while a training replaces them
 
 

@@ -312,8 +312,8 @@ def adapter(lm, settings, flag="--dynamic_rms"):
         statistics = statistics[:settings["dynamic_stat_words"] + 1]
     adapted = adapt.Adapter(lm, statistics)
     path = os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS)
-    used = [w for w in adapted.load_statistics(path) if settings.get("dynamic_window", w) == w]  # tune: all
-    if used:
+    used = adapted.load_statistics(path, [settings["dynamic_window"]] if "dynamic_window" in settings else None)
+    if used:  # eval: its window's; tune: every window an interrupted tune gathered
         print(f"note: the RMS form's statistics for windows of {', '.join(map(str, used))} words read from {path} "
               "(lm.py tune gathered them on the same text with the same weights)", file=sys.stderr)
     return adapted
@@ -414,10 +414,15 @@ def run_tune(lm, rms):
                       f"words of --dynamic_rms, gathered once for each window length)")
     print(f"Tuning the cache and dynamic evaluation on --valid={FLAGS.valid} ({len(valid)} words): 1 pass for the "
           f"cache's grids, {adapt.SGD_SEARCH.passes} for dynamic evaluation's{rms_passes}", flush=True)
-    identity = {"sha256": adapted.digest(valid, test, adapted.statistics or []), **rms}
+    # What the results depend on (the statistics text by its ids, not its path): the same, and the results are read
+    identity = {"sha256": adapted.digest(valid, test, adapted.statistics or []), "grids": adapt.GRIDS,
+                **{k: rms[k] for k in ("dynamic_eps",) if k in rms}}
     progress = adapt.Progress(FLAGS.save_path, identity)
     if progress.done:
         print(f"Resuming: what an earlier run of this tune measured is in {progress.path}", flush=True)
+    elif progress.foreign:
+        print(f"note: {progress.path} holds another tune's progress (other weights, texts, settings or grids): this "
+              "one replaces it", file=sys.stderr)
     try:
         record = adapt.tune(adapted, valid, test, say=lambda line: print(line, flush=True), rms=rms, progress=progress)
     except cli.Interrupted as e:
@@ -427,10 +432,14 @@ def run_tune(lm, rms):
     record.update(checkpoint=os.path.basename(lm.prefix), valid=FLAGS.valid, test=FLAGS.input)
     with cli.signals_deferred():  # the files are written whole, then a Ctrl-C that came meanwhile ends the program
         adapt.write_tuned(FLAGS.save_path, record)
+        progress.remove()
         chosen = [record["dynamic_rms"]["dynamic_window"]] if rms else []
         if set(chosen) & set(adapted.gathered):  # its statistics only, which eval in that form then reads
-            adapted.save_statistics(os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS), chosen)
-        progress.remove()
+            try:
+                adapted.save_statistics(os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS), chosen)
+            except OSError as e:  # adapt.json is written: eval gathers them itself
+                print(f"note: the RMS form's statistics not kept ({e.strerror or e}): eval gathers them again",
+                      file=sys.stderr)
     if cli.received:
         raise cli.Interrupted(cli.received[0])
     print("\n".join(adapt.summary(record)))

@@ -350,6 +350,7 @@ def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
 def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, model):
     corpus = trained[1]
     rms = dict(dynamic_rms=f"{corpus}/ptb.train.txt", dynamic_stat_words=500, dynamic_eps=0.002)
+    before = snapshot(folder)
     tuned = run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt",
                    *(f"--{k}={v}" for k, v in rms.items()))
     assert tuned.returncode == 0, tuned.stderr
@@ -364,9 +365,15 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
     assert adapt.settings_of(record, "both") == {**{k: record["both"][k] for k in adapt.CACHE},
                                                  **adapt.settings_of(record, form)}
     assert re.search(r"^dynamic_rms +[\d.]+ +[\d.]+  --dynamic_lr=.* --dynamic_eps=0.002$", tuned.stdout, re.M)
-    # The chosen window's statistics are kept in the folder: eval with that form's settings reads them, and gives
-    # the perplexity tune printed.
+    # The chosen window's statistics are kept in the folder (its only new file but adapt.json; no progress file
+    # left): eval with that form's settings reads them, and gives the perplexity tune printed.
     window = record["dynamic_rms"]["dynamic_window"]
+    after = snapshot(folder)
+    for name in (checkpoint.ADAPT, checkpoint.ADAPT_RMS):
+        after.pop(os.path.join(folder, name))
+    assert after == before
+    statistics = lm.read_ids(model, rms["dynamic_rms"])[:501]
+    assert adapt.Adapter(model, statistics).load_statistics(os.path.join(folder, checkpoint.ADAPT_RMS)) == [window]
     applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt",
                      *adapt.flags_text(adapt.settings_of(record, "dynamic_rms")).split())
     assert perplexity_printed(applied) == pytest.approx(record["dynamic_rms"]["test"], abs=0.0015)
@@ -417,7 +424,7 @@ def test_eval_tuned_refuses_a_bad_adapt_json(trained, folder):
                           r"^error: .*adapt.json holds dynamic_rms=3: give the training text's file name; rerun")
 
 
-def test_ctrl_c_in_tune_ends_with_one_line_and_writes_nothing(trained, folder, tmp_path):
+def test_ctrl_c_in_tune_ends_with_one_line_and_keeps_its_progress_whole(trained, folder, tmp_path):
     corpus = trained[1]
     # A valid text 100 times the fixture's: what follows the first dynamic pass then takes tens of seconds, not
     # the 1.4 s in which a parent delayed by a loaded machine once saw the whole tune end before its Ctrl-C.
@@ -439,20 +446,21 @@ def test_ctrl_c_in_tune_ends_with_one_line_and_writes_nothing(trained, folder, t
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert re.fullmatch(r"error: stopped by signal 2.*: rerun the same command to resume", stderr.strip())
     after = snapshot(folder)
-    progress = after.pop(os.path.join(folder, checkpoint.ADAPT_PROGRESS))  # what a rerun resumes from, whole
+    after.pop(os.path.join(folder, checkpoint.ADAPT_PROGRESS))  # what a rerun resumes from
     assert after == before  # no adapt.json, no temporary file
     with open(os.path.join(folder, checkpoint.ADAPT_PROGRESS)) as f:
-        assert len(json.load(f)["done"]["dynamic"]) == 1, progress
+        assert len(json.load(f)["done"]["dynamic"]) >= 1  # whole: it parses
 
 
-def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, folder, model):
-    """Stopped (a Ctrl-C: KeyboardInterrupt here) after the first two RMS passes, then rerun: what was measured is
-    read back, not measured again, and the record is the uninterrupted tune's."""
+def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model, tmp_path):
+    """Stopped (a Ctrl-C: KeyboardInterrupt here) in the RMS form's search, after both searches, or among the test
+    passes, then rerun: what was measured is read back, not measured again, and the record is the unbroken tune's."""
     corpus = trained[1]
     valid, test = (lm.read_ids(model, f"{corpus}/ptb.{name}.txt") for name in ("valid", "test"))
     rms = dict(dynamic_rms="train", dynamic_stat_words=500, dynamic_eps=0.002)
     statistics = lm.read_ids(model, f"{corpus}/ptb.train.txt")[:501]
     whole = adapt.tune(adapt.Adapter(model, statistics), valid, test, say=lambda line: None, rms=rms)
+    identity = {"sha256": "the same", **rms}
 
     def stop_at(prefix, seen):
         def say(line):
@@ -461,21 +469,37 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, folde
                 raise KeyboardInterrupt
         return say
 
-    identity = {"sha256": "the same", **rms}
-    first, second = [], []
-    with pytest.raises(KeyboardInterrupt):
-        adapt.tune(adapt.Adapter(model, statistics), valid, test, stop_at("dynamic_rms 2/", first), rms,
-                   adapt.Progress(folder, identity))
-    again = adapt.Adapter(model, statistics)
-    assert again.load_statistics(os.path.join(folder, checkpoint.ADAPT_RMS)) == [adapt.RMS_SEARCH.window]
-    resumed = adapt.tune(again, valid, test, second.append, rms, adapt.Progress(folder, identity))
-    before_stop = [line.split(" (")[0] for line in first if line.startswith("dynamic")]
-    assert [line.split(" (")[0] for line in second if line.startswith("dynamic")][:len(before_stop)] == before_stop
-    assert sum("measured before a stop" in line for line in second) == 1 + adapt.SGD_SEARCH.passes + 2  # the cache's
-    assert resumed["best"] == whole["best"]
-    for method in set(whole) - {"best"}:
-        for k, v in whole[method].items():
-            if k not in ("seconds", "statistics_seconds"):
-                assert resumed[method][k] == (pytest.approx(v, rel=1e-5) if isinstance(v, float) else v), (method, k)
-    # Another identity (weights, texts or settings): nothing is read back.
-    assert adapt.Progress(folder, {**identity, "dynamic_eps": 0.001}).done == {}
+    # Where it stops; the windows whose statistics it kept; the dynamic passes the rerun makes (the test text's are 3:
+    # dynamic, dynamic_rms, both); whether it runs again the pass both is built on (None: whether that pass came
+    # before the stop depends on the fixture).
+    sgd, rms_passes, windows = adapt.SGD_SEARCH.passes, adapt.RMS_SEARCH.passes, adapt.RMS_SEARCH.windows
+    every = sorted((adapt.RMS_SEARCH.window,) + windows)
+    for stop, kept, passes_again, rerun in (("dynamic_rms 2/", [adapt.RMS_SEARCH.window], rms_passes - 2 + 3, None),
+                                            ("dynamic_rms: chosen", every, 3, True),
+                                            ("dynamic: test", every, 2, False)):
+        folder, first, second, calls = str(tmp_path / stop.replace(" ", "_")), [], [], []
+        os.makedirs(folder)
+        with pytest.raises(KeyboardInterrupt):
+            adapt.tune(adapt.Adapter(model, statistics), valid, test, stop_at(stop, first), rms,
+                       adapt.Progress(folder, identity))
+        again = adapt.Adapter(model, statistics)
+        assert again.load_statistics(os.path.join(folder, checkpoint.ADAPT_RMS)) == kept
+        dynamic_pass = again.dynamic_pass
+        again.dynamic_pass = lambda *args, **kwargs: calls.append(args[1:]) or dynamic_pass(*args, **kwargs)
+        resumed = adapt.tune(again, valid, test, second.append, rms, adapt.Progress(folder, identity))
+        before_stop = [line.split(" (")[0] for line in first if line.startswith("dynamic")]
+        assert [line.split(" (")[0] for line in second if line.startswith("dynamic")][:len(before_stop)] == before_stop
+        reran = any(line.startswith("both: the pass of") for line in second)
+        assert reran == rerun if rerun is not None else True, stop
+        assert len(calls) == passes_again + reran, (stop, calls)
+        assert sum("measured before a stop" in line for line in second) >= 1 + sgd + 2, stop
+        assert resumed["best"] == whole["best"]
+        for method in set(whole) - {"best"}:
+            for k, v in whole[method].items():
+                if k not in ("seconds", "statistics_seconds"):
+                    assert resumed[method][k] == (pytest.approx(v, rel=1e-5) if isinstance(v, float) else v), \
+                        (stop, method, k)
+    # Another identity (weights, texts, settings or grids): nothing is read back, and the file is said to be another's.
+    assert adapt.Progress(folder, identity).done
+    other = adapt.Progress(folder, {**identity, "dynamic_eps": 0.001})
+    assert other.done == {} and other.foreign
