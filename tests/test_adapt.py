@@ -503,3 +503,29 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
     assert adapt.Progress(folder, identity).done
     other = adapt.Progress(folder, {**identity, "dynamic_eps": 0.001})
     assert other.done == {} and other.foreign
+
+
+def test_tune_rerun_reads_back_its_progress_file(trained, folder, model):
+    """As a user resumes it: a progress file of this tune (planted: its first grid point a perplexity no pass gives)
+    is read back and steers the choice, and goes once adapt.json is written; another tune's is replaced, with a note."""
+    corpus = trained[1]
+    valid, test = (lm.read_ids(model, f"{corpus}/ptb.{name}.txt") for name in ("valid", "test"))
+    identity = {"sha256": adapt.Adapter(model).digest(valid, test, []), "grids": adapt.GRIDS}
+    first = adapt.flags_text(dict(dynamic_lr=adapt.SGD_SEARCH.lrs[0], dynamic_decay=0.0,
+                                  dynamic_window=adapt.SGD_SEARCH.window))
+    path = os.path.join(folder, checkpoint.ADAPT_PROGRESS)
+    command = ("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt")
+    for planted, resumed in ((identity, True), ({**identity, "sha256": "other weights"}, False)):
+        with open(path, "w") as f:
+            json.dump({"identity": planted, "done": {"dynamic": {first: {"valid": 1.0, "stopped": False,
+                                                                         "seconds": 1.0}}}}, f)
+        tuned = run_lm(*command)
+        assert tuned.returncode == 0, tuned.stderr
+        assert ("Resuming: " in tuned.stdout) == resumed
+        assert ("holds another tune's progress" in tuned.stderr) == (not resumed)
+        assert (f"dynamic 1/{adapt.SGD_SEARCH.passes}: {first}: valid 1.000 (measured before a stop)"
+                in tuned.stdout) == resumed
+        with open(os.path.join(folder, checkpoint.ADAPT)) as f:
+            record = json.load(f)
+        assert (record["dynamic"]["valid"] == 1.0) == resumed
+        assert not os.path.exists(path)
