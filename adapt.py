@@ -45,7 +45,7 @@ from tf1 import tf
 
 CACHE = ("cache_size", "cache_theta", "cache_lambda")  # lm.py eval's flags, and adapt.json's keys
 DYNAMIC = ("dynamic_lr", "dynamic_decay", "dynamic_window")
-RMS = ("dynamic_rms", "dynamic_stat_words", "dynamic_eps")  # dynamic evaluation's RMS form, with DYNAMIC's
+RMS = ("dynamic_rms", "dynamic_stat_words", "dynamic_stat_batch", "dynamic_eps")  # the RMS form, with DYNAMIC's
 # Each method's settings; "both" is the cache on the better dynamic form, with the RMS form's keys when it is that one.
 SETTINGS = {"static": (), "cache": CACHE, "dynamic": DYNAMIC, "dynamic_rms": DYNAMIC + RMS,
             "both": CACHE + DYNAMIC + RMS}
@@ -137,12 +137,12 @@ class Adapter:
     The trained weights theta_0 are copied into the graph as local variables (never seen by a Saver,
     so never saved); every dynamic pass starts from them and puts them back when it ends. Given
     `statistics` (the ids of a training text), it can take the RMS form's steps too: rms, a local
-    variable a weight, is gathered on that text the first time a window length needs it (or read from
-    the file save_statistics wrote, for the same weights and text).
+    variable a weight, is gathered on that text (in `stat_batch` rows) the first time a window length
+    needs it (or read from the file save_statistics wrote, for the same weights, text and rows).
     """
 
-    def __init__(self, lm, statistics=None):
-        self.lm, self.session = lm, lm.session
+    def __init__(self, lm, statistics=None, stat_batch=1):
+        self.lm, self.session, self.stat_batch = lm, lm.session, stat_batch
         with lm.graph.as_default(), tf.name_scope("adapt"):
             self.variables = tf.trainable_variables()
             self.trained = [tf.Variable(tf.zeros(v.shape, v.dtype.base_dtype), trainable=False, name="trained",
@@ -174,8 +174,7 @@ class Adapter:
     def stepper(self, num_steps):
         """(model, {decayed: the update op}) for windows of num_steps words (None: any length), built once.
 
-        With statistics, the dict also holds {("rms", decayed): the RMS form's update, "gather": the op that adds
-        the window's g^2 to rms}.
+        With statistics, the dict also holds {("rms", decayed): the RMS form's update}.
 
         rnn_mode fast: BlockLSTM's forward, and a gradient that steps back doing only the recurrence per
         step (model.fast_block_lstm); unrolled when num_steps is known, a tf.while_loop otherwise.
@@ -193,10 +192,20 @@ class Adapter:
                 if self.statistics is not None:
                     updates.update({("rms", decayed): self.update(computed, grads, decayed, rms=True)
                                     for decayed in (False, True)})
-                    updates["gather"] = tf.group([self.add_square(r, g) for r, g in zip(self.rms, grads)
-                                                  if g is not None])
             self.steppers[num_steps] = model, updates
         return self.steppers[num_steps]
+
+    def gatherer(self, window):
+        """(model, the op that adds g^2 to rms) for stat_batch rows of `window` words, g the gradient of their mean
+        loss; built once."""
+        if ("gather", window) not in self.steppers:
+            with self.lm.graph.as_default():
+                with tf.variable_scope("Model", reuse=True):
+                    model = PTBModel(False, self.lm.config, self.stat_batch, window, rnn_mode="fast")
+                grads = tf.gradients(tf.reduce_mean(model.word_losses), self.variables)
+                gather = tf.group([self.add_square(r, g) for r, g in zip(self.rms, grads) if g is not None])
+            self.steppers["gather", window] = model, gather
+        return self.steppers["gather", window]
 
     def update(self, computed, grads, decayed, rms=False):
         """theta <- theta - lr g + decay (theta_0 - theta), after `computed` (the window's values at theta).
@@ -239,15 +248,18 @@ class Adapter:
         return r.assign_add(tf.square(g))
 
     def statistics_problem(self, window):
-        """What keeps the statistics text from a full window of `window` words, or None."""
-        if len(self.statistics) - 1 < window:
-            return (f"the RMS form's statistics text has {len(self.statistics) - 1} words to predict, fewer than a "
-                    f"window of {window}")
+        """What keeps the statistics text from a full window of `window` words (in each of its rows), or None."""
+        words = len(self.statistics) // self.stat_batch - 1
+        if words < window:
+            rows = f" in each of {self.stat_batch} rows" if self.stat_batch > 1 else ""
+            return (f"the RMS form's statistics text has {words} words to predict{rows}, fewer than a window of "
+                    f"{window}")
         return None
 
     def gather_statistics(self, window):
-        """rms and mean_rms at theta_0 from the statistics text: its full windows of `window` words, batch 1,
-        the state carried (as the adapted pass reads), g the gradient of each window's mean loss."""
+        """rms and mean_rms at theta_0 from the statistics text, cut into stat_batch rows (reader.ptb_iterator): its
+        full windows of `window` words, the state carried, g the gradient of a batch of windows' mean loss. Batch 1
+        reads as the adapted pass does; Krause et al. gathered at batch 100 (windows of 5 words)."""
         if self.rms_window == window:
             return
         self.rms_window = None  # until complete: an interrupted gathering is not kept
@@ -256,18 +268,28 @@ class Adapter:
         else:
             problem = self.statistics_problem(window)
             if problem:
-                raise ValueError(f"{problem}: give a longer --dynamic_rms, a larger --dynamic_stat_words or a shorter "
-                                 "--dynamic_window")
-            count = (len(self.statistics) - 1) // window
+                rows = ", fewer --dynamic_stat_batch rows" if self.stat_batch > 1 else ""
+                raise ValueError(f"{problem}: give a longer --dynamic_rms, a larger --dynamic_stat_words{rows} or a "
+                                 "shorter --dynamic_window")
             clock = time.time()
-            model, updates = self.stepper(window)
             self.session.run([self.back_to_trained, self.clear_rms])
-            self.read(self.statistics[:count * window + 1], window, lambda length: (model, updates["gather"]))
-            self.session.run(self.root_rms, {self.windows: count})
+            self.session.run(self.root_rms, {self.windows: self.add_squares(window)})
             self.gathered[window] = self.session.run(self.rms)
             self.gathering_seconds[window] = time.time() - clock
         self.session.run(self.average_rms)
         self.rms_window = window
+
+    def add_squares(self, window):
+        """rms += g^2 for each batch of windows of the statistics text; returns how many batches."""
+        model, gather = self.gatherer(window)
+        count, state = 0, None
+        for x, y in reader.ptb_iterator(self.statistics, self.stat_batch, window):
+            feed = {model.input_data: x, model.targets: y}
+            if state is not None:
+                feed[model.initial_state] = state
+            state, _ = self.session.run([model.final_state, gather], feed)
+            count += 1
+        return count
 
     def digest(self, *texts):
         """sha256 of the trained weights and the ids of `texts`: what a result stored for them depends on."""
@@ -281,7 +303,7 @@ class Adapter:
     def save_statistics(self, path, windows):
         """Writes the rms gathered for each of `windows` to path (an .npz; whole or not at all), for a later
         Adapter of the same weights and statistics text: what lm.py tune gathered, which eval would gather again."""
-        key = json.dumps({"sha256": self.digest(self.statistics),
+        key = json.dumps({"sha256": self.digest(self.statistics), "batch": self.stat_batch,
                           "seconds": {str(w): self.gathering_seconds.get(w) for w in windows}})
         arrays = {f"w{w}_{i}": value for w in windows for i, value in enumerate(self.gathered[w])}
         with checkpoint.replacing(path) as tmp, open(tmp, "xb") as f:
@@ -294,7 +316,7 @@ class Adapter:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 key = json.loads(str(stored["key"]))
-                if key["sha256"] != self.digest(self.statistics):
+                if key["sha256"] != self.digest(self.statistics) or key["batch"] != self.stat_batch:
                     return []
                 gathered = {int(w): [stored[f"w{w}_{i}"] for i in range(len(self.rms))] for w in key["seconds"]
                             if windows is None or int(w) in windows}
@@ -628,6 +650,9 @@ def read_tuned(save_path):
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
+        for values in record.values():  # written before --dynamic_stat_batch: the statistics were gathered at batch 1
+            if isinstance(values, dict) and RMS[0] in values:
+                values.setdefault("dynamic_stat_batch", 1)
         method = record["best"]
         return method, settings_of(record, method), record
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:

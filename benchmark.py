@@ -168,7 +168,7 @@ def adaptation_seconds(config, words):
         for name, settings in ADAPTATIONS.items():
             window = settings.get("dynamic_window", adapt.EVAL_WINDOW)
             if "dynamic_window" in settings:
-                adapter.stepper(window)  # built before the statistics' clock starts
+                adapter.gatherer(window)  # built before the statistics' clock starts
             adapt.log_probs(adapter, ids[:2 * window + 2], settings)
             start = time.perf_counter()
             log_p = adapt.log_probs(adapter, ids, settings)

@@ -77,6 +77,7 @@ RANGES = {
     "dynamic_decay": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
     "dynamic_window": ("integer", lambda v: v >= 1, "of at least 1"),
     "dynamic_stat_words": ("integer", lambda v: v >= 2, "of at least 2 (a window and the word after it)"),
+    "dynamic_stat_batch": ("integer", lambda v: v >= 1, "of at least 1 (the rows read at once)"),
     "dynamic_eps": ("number", lambda v: 0 < v <= configs.FLOAT32_MAX, "above 0 (rms is 0 where no gradient was seen)"),
 }
 

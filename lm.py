@@ -67,6 +67,9 @@ flags.DEFINE_string("dynamic_rms", None, "eval: dynamic evaluation in Krause et 
                     "statistics gathered on this training text (ptb.train.txt); tune: search that form too.")
 flags.DEFINE_integer("dynamic_stat_words", None, "eval, tune: with --dynamic_rms, gather the statistics on its first "
                      "N words only (default: all).")
+flags.DEFINE_integer("dynamic_stat_batch", 1, "eval, tune: with --dynamic_rms, gather the statistics on this many "
+                     "rows of it at once, g the gradient of a batch of windows (Krause et al.: 100; default 1, as "
+                     "eval reads).")
 flags.DEFINE_float("dynamic_eps", 1e-3, "eval, tune: with --dynamic_rms, the step is lr g / (rms + eps) (the value "
                    "measured on small; Krause's 2e-5 steps far on rows the statistics never saw).")
 flags.DEFINE_enum("adapt", None, ["tuned"], "eval: apply what lm.py tune chose and wrote to --save_path/adapt.json.")
@@ -275,8 +278,9 @@ def adaptation(command):
     is loaded). For tune: the RMS form's fixed settings, which make it search that form too, or {}."""
     given = {name: FLAGS[name].value for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS[:2]
              if FLAGS[name].value is not None}
-    if FLAGS["dynamic_eps"].present:  # it has a default: given only when typed
-        given["dynamic_eps"] = FLAGS.dynamic_eps
+    for name in ("dynamic_stat_batch", "dynamic_eps"):  # they have defaults: given only when typed
+        if FLAGS[name].present:
+            given[name] = FLAGS[name].value
     if command == "tune":
         chosen = [name for name in adapt.CACHE + adapt.DYNAMIC if name in given] + (["adapt"] if FLAGS.adapt else [])
         if chosen:
@@ -292,12 +296,13 @@ def adaptation(command):
                          "given (lm.py tune chooses them)")
     if "dynamic_lr" in given and "dynamic_decay" not in given:
         given["dynamic_decay"] = 0.0
-    if "dynamic_rms" not in given and ("dynamic_stat_words" in given or "dynamic_eps" in given):
-        raise UsageError("--dynamic_stat_words and --dynamic_eps are the RMS form's: give --dynamic_rms=FILE too")
+    if "dynamic_rms" not in given and any(name in given for name in adapt.RMS[1:]):
+        raise UsageError("--dynamic_stat_words, --dynamic_stat_batch and --dynamic_eps are the RMS form's: give "
+                         "--dynamic_rms=FILE too")
     if "dynamic_rms" in given:
         if command == "eval" and "dynamic_lr" not in given:
             raise UsageError("--dynamic_rms needs --dynamic_lr and --dynamic_window (its steps' rate and windows)")
-        given["dynamic_eps"] = FLAGS.dynamic_eps
+        given["dynamic_eps"], given["dynamic_stat_batch"] = FLAGS.dynamic_eps, FLAGS.dynamic_stat_batch
         given.setdefault("dynamic_stat_words", None)  # the whole text
     return {name: given[name] for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS if name in given}  # adapt.json order
 
@@ -310,7 +315,7 @@ def adapter(lm, settings, flag="--dynamic_rms"):
     statistics = read_ids(lm, settings["dynamic_rms"], flag)
     if settings.get("dynamic_stat_words") is not None:
         statistics = statistics[:settings["dynamic_stat_words"] + 1]
-    adapted = adapt.Adapter(lm, statistics)
+    adapted = adapt.Adapter(lm, statistics, settings["dynamic_stat_batch"])
     path = os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS)
     used = adapted.load_statistics(path, [settings["dynamic_window"]] if "dynamic_window" in settings else None)
     if used:  # eval: its window's; tune: every window an interrupted tune gathered
@@ -416,7 +421,7 @@ def run_tune(lm, rms):
           f"cache's grids, {adapt.SGD_SEARCH.passes} for dynamic evaluation's{rms_passes}", flush=True)
     # What the results depend on (the statistics text by its ids, not its path): the same, and the results are read
     identity = {"sha256": adapted.digest(valid, test, adapted.statistics or []), "grids": adapt.GRIDS,
-                **{k: rms[k] for k in ("dynamic_eps",) if k in rms}}
+                **{k: rms[k] for k in ("dynamic_stat_batch", "dynamic_eps") if k in rms}}
     progress = adapt.Progress(FLAGS.save_path, identity)
     if progress.done:
         print(f"Resuming: what an earlier run of this tune measured is in {progress.path}", flush=True)

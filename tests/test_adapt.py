@@ -224,11 +224,38 @@ def test_the_rms_form_normalises_the_step_and_scales_the_decay(model):
     assert all(np.array_equal(theta_0[k], v) for k, v in weights(adapter).items())
 
 
+def test_the_statistics_in_rows_are_the_mean_square_of_a_batch_gradient(model):
+    """--dynamic_stat_batch=2 (Krause et al.'s batch 100, small): the text cut into 2 rows, each read with its own
+    state; g of a batch is the gradient of the mean loss over both rows' windows, the mean of the rows' gradients."""
+    n, batch = 3, 2
+    statistics = model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split())  # 2 rows of 7
+    adapter = adapt.Adapter(model, statistics, stat_batch=batch)
+    theta_0 = weights(adapter)
+    rows = np.reshape(statistics[:len(statistics) // batch * batch], [batch, -1])
+    zero = np.zeros([model.config.num_layers, 2, 1, model.config.hidden_size], np.float32)
+    states, squares = [zero] * batch, []
+    for k in range((rows.shape[1] - 1) // n):  # 2 windows a row
+        g = []
+        for b in range(batch):
+            g_b, _, states[b] = reference_step(model.config, theta_0, rows[b, k * n:(k + 1) * n],
+                                               rows[b, k * n + 1:(k + 1) * n + 1], states[b])
+            g.append(g_b)
+        squares.append({name: ((g[0][name].astype(np.float64) + g[1][name]) / 2) ** 2 for name in theta_0})
+    rms = {name: np.sqrt(np.mean([s[name] for s in squares], axis=0)) for name in theta_0}
+    adapter.gather_statistics(n)
+    got = dict(zip([v.op.name for v in adapter.variables], adapter.session.run(adapter.rms)))
+    for name in rms:
+        np.testing.assert_allclose(got[name], rms[name], rtol=1e-4, atol=1e-7, err_msg=name)
+    assert adapter.session.run(adapter.mean_rms) == pytest.approx(np.mean([r.mean() for r in rms.values()]), rel=1e-4)
+    assert adapt.Adapter(model, statistics, stat_batch=4).statistics_problem(n) == (
+        "the RMS form's statistics text has 2 words to predict in each of 4 rows, fewer than a window of 3")
+
+
 def test_the_statistics_of_each_window_are_gathered_once(model):
     """A search goes back to a window length it gathered statistics for: the same rms, not a second gathering."""
     adapter = adapt.Adapter(model, model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split()))
-    read, windows = adapter.read, []
-    adapter.read = lambda ids, window, *args, **kwargs: windows.append(window) or read(ids, window, *args, **kwargs)
+    add_squares, windows = adapter.add_squares, []
+    adapter.add_squares = lambda window: windows.append(window) or add_squares(window)
     gathered = []
     for window in (4, 3, 4):
         adapter.gather_statistics(window)
@@ -248,8 +275,8 @@ def test_statistics_stored_are_read_back_for_the_same_weights_and_text_only(mode
     first.save_statistics(path, [4])
     stored = first.session.run(first.rms + [first.mean_rms])
     again = adapt.Adapter(model, text)
-    read, windows = again.read, []
-    again.read = lambda ids, window, *args, **kwargs: windows.append(window) or read(ids, window, *args, **kwargs)
+    add_squares, windows = again.add_squares, []
+    again.add_squares = lambda window: windows.append(window) or add_squares(window)
     assert again.load_statistics(path) == [4]
     again.gather_statistics(4)
     assert windows == [] and again.gathering_seconds == first.gathering_seconds
@@ -274,12 +301,14 @@ def test_eval_in_the_rms_form_and_its_flags(trained):
     assert perplexity_printed(no_step) == pytest.approx(static, abs=0.0015)
     assert no_step.stdout.strip().endswith(f"with --dynamic_lr=0 --dynamic_decay=0 --dynamic_window=9 "
                                            f"--dynamic_rms={corpus}/ptb.train.txt --dynamic_stat_words=500 "
-                                           "--dynamic_eps=0.001")
+                                           "--dynamic_stat_batch=1 --dynamic_eps=0.001")
     just_enough = run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0", rms[0], "--dynamic_stat_words=9",
                          "--dynamic_window=9")  # one full window of statistics: accepted
     assert perplexity_printed(just_enough) == pytest.approx(static, abs=0.0015)
     assert perplexity_printed(run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0.01",
                                      "--dynamic_decay=0.01", *rms)) != pytest.approx(static, abs=0.01)
+    in_rows = run_lm("eval", f"--save_path={save_path}", text, "--dynamic_lr=0.01", *rms, "--dynamic_stat_batch=5")
+    assert math.isfinite(perplexity_printed(in_rows)) and "--dynamic_stat_batch=5 --dynamic_eps" in in_rows.stdout
     assert snapshot(save_path) == before
     for bad, message in ((["--dynamic_eps=0"], "flag --dynamic_eps=0.0: give a number above 0"),
                          (["--dynamic_stat_words=1"], "flag --dynamic_stat_words=1: give an integer of at least 2"),
@@ -288,6 +317,13 @@ def test_eval_in_the_rms_form_and_its_flags(trained):
                          ([rms[0], "--dynamic_stat_words=5", "--dynamic_lr=0.01", "--dynamic_window=9"],
                           "statistics text has 5 words to predict, fewer than a window of 9: give a longer "
                           "--dynamic_rms, a larger --dynamic_stat_words or a shorter --dynamic_window"),
+                         ([rms[0], "--dynamic_stat_words=20", "--dynamic_stat_batch=4", "--dynamic_lr=0.01",
+                           "--dynamic_window=9"], "statistics text has 4 words to predict in each of 4 rows, fewer than "
+                                                  "a window of 9: give a longer --dynamic_rms, a larger "
+                                                  "--dynamic_stat_words, fewer --dynamic_stat_batch rows or a shorter "
+                                                  "--dynamic_window"),
+                         (["--dynamic_stat_batch=0"], "flag --dynamic_stat_batch=0: give an integer of at least 1"),
+                         (["--dynamic_stat_batch=2"], "--dynamic_eps are the RMS form's: give --dynamic_rms=FILE too"),
                          (["--adapt=tuned", "--dynamic_eps=1e-3"], "--adapt=tuned takes the values lm.py tune chose: "
                                                                   "leave out --dynamic_eps")):
         assert_one_line_error(run_lm("eval", f"--save_path={save_path}", text, *bad), "^error: .*" + re.escape(message))
@@ -349,7 +385,7 @@ def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
 
 def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, model):
     corpus = trained[1]
-    rms = dict(dynamic_rms=f"{corpus}/ptb.train.txt", dynamic_stat_words=500, dynamic_eps=0.002)
+    rms = dict(dynamic_rms=f"{corpus}/ptb.train.txt", dynamic_stat_words=500, dynamic_stat_batch=1, dynamic_eps=0.002)
     before = snapshot(folder)
     tuned = run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt",
                    *(f"--{k}={v}" for k, v in rms.items()))
@@ -422,6 +458,10 @@ def test_eval_tuned_refuses_a_bad_adapt_json(trained, folder):
         json.dump({"best": "dynamic_rms", "dynamic_rms": rms}, f)
     assert_one_line_error(run_lm("eval", f"--save_path={folder}", text, "--adapt=tuned"),
                           r"^error: .*adapt.json holds dynamic_rms=3: give the training text's file name; rerun")
+    with open(path, "w") as f:  # (without dynamic_stat_batch, as tune wrote before that flag: batch 1)
+        json.dump({"best": "dynamic_rms", "dynamic_rms": dict(rms, dynamic_rms="train.txt", dynamic_stat_batch=0)}, f)
+    assert_one_line_error(run_lm("eval", f"--save_path={folder}", text, "--adapt=tuned"),
+                          r"^error: .*adapt.json holds dynamic_stat_batch=0: give an integer of at least 1 .*; rerun")
 
 
 def test_ctrl_c_in_tune_ends_with_one_line_and_keeps_its_progress_whole(trained, folder, tmp_path):
@@ -457,7 +497,7 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
     passes, then rerun: what was measured is read back, not measured again, and the record is the unbroken tune's."""
     corpus = trained[1]
     valid, test = (lm.read_ids(model, f"{corpus}/ptb.{name}.txt") for name in ("valid", "test"))
-    rms = dict(dynamic_rms="train", dynamic_stat_words=500, dynamic_eps=0.002)
+    rms = dict(dynamic_rms="train", dynamic_stat_words=500, dynamic_stat_batch=1, dynamic_eps=0.002)
     statistics = lm.read_ids(model, f"{corpus}/ptb.train.txt")[:501]
     whole = adapt.tune(adapt.Adapter(model, statistics), valid, test, say=lambda line: None, rms=rms)
     identity = {"sha256": "the same", **rms}
