@@ -280,16 +280,9 @@ class Adapter:
         self.rms_window = window
 
     def add_squares(self, window):
-        """rms += g^2 for each batch of windows of the statistics text; returns how many batches."""
+        """rms += g^2 for each batch of full windows of the statistics text; returns how many batches."""
         model, gather = self.gatherer(window)
-        count, state = 0, None
-        for x, y in reader.ptb_iterator(self.statistics, self.stat_batch, window):
-            feed = {model.input_data: x, model.targets: y}
-            if state is not None:
-                feed[model.initial_state] = state
-            state, _ = self.session.run([model.final_state, gather], feed)
-            count += 1
-        return count
+        return sum(1 for _ in self.carried(self.statistics, self.stat_batch, window, lambda length: (model, gather)))
 
     def digest(self, *texts):
         """sha256 of the trained weights and the ids of `texts`: what a result stored for them depends on."""
@@ -329,6 +322,25 @@ class Adapter:
         self.loaded.update(gathered)
         return sorted(gathered)
 
+    def carried(self, ids, rows, window, parts, fetches=None, feed=None, keep_remainder=False):
+        """Runs the windows of ids cut into `rows` rows (reader.ptb_iterator), the LSTM state carried from each
+        window to the next; yields what each fetched.
+
+        parts(length) -> (model, an op to run with the window, or None); fetches(model): more to fetch.
+        """
+        state = None
+        for x, y in reader.ptb_iterator(ids, rows, window, keep_remainder=keep_remainder):
+            model, op = parts(x.shape[1])
+            wanted = {**(fetches(model) if fetches else {}), "state": model.final_state}
+            if op is not None:
+                wanted["op"] = op
+            feed_dict = {model.input_data: x, model.targets: y, **(feed or {})}
+            if state is not None:
+                feed_dict[model.initial_state] = state
+            got = self.session.run(wanted, feed_dict)
+            state = got["state"]
+            yield got
+
     def read(self, ids, window, parts, hidden=False, feed=None, reference=None):
         """One pass over ids as lm.py eval reads them: windows of `window` words, the last shorter, state carried.
 
@@ -337,21 +349,13 @@ class Adapter:
         The pass stops at a non-finite loss, or, given reference (another pass's log p), once past a quarter
         of the text it is more than 10% worse than that: the rest is scored -inf, no hidden states.
         """
-        log_p, outputs, state = [], [], None
+        def fetches(model):
+            return {"losses": model.word_losses, **({"hidden": model.outputs} if hidden else {})}
+
+        log_p, outputs = [], []
         done, total, total_reference = 0, 0.0, 0.0
-        for x, y in reader.ptb_iterator(ids, 1, window, keep_remainder=True):
-            model, op = parts(x.shape[1])
-            fetches = {"losses": model.word_losses, "state": model.final_state}
-            if hidden:
-                fetches["hidden"] = model.outputs
-            if op is not None:
-                fetches["op"] = op
-            feed_dict = {model.input_data: x, model.targets: y, **(feed or {})}
-            if state is not None:
-                feed_dict[model.initial_state] = state
-            got = self.session.run(fetches, feed_dict)
+        for got in self.carried(ids, 1, window, parts, fetches, feed, keep_remainder=True):
             log_p.append(-got["losses"][0].astype(np.float64))
-            state = got["state"]
             if hidden:
                 outputs.append(got["hidden"][0])
             total += log_p[-1].sum()
@@ -584,13 +588,13 @@ class Progress:
 
     def recall(self, section, key, measure):
         """(the value kept under section and key, True), or (measure()'s, False), then kept; a copy either way."""
-        if key not in self.done.get(section, {}):
+        kept = key in self.done.get(section, {})
+        if not kept:
             self.done.setdefault(section, {})[key] = measure()
             if self.path:
                 checkpoint.write_atomically(self.path, json.dumps({"identity": self.identity, "done": self.done},
                                                                   indent=1) + "\n")
-            return copy.deepcopy(self.done[section][key]), False
-        return copy.deepcopy(self.done[section][key]), True
+        return copy.deepcopy(self.done[section][key]), kept
 
     def keep_statistics(self, adapter, say):
         """Every window's statistics gathered so far, into adapt_rms.npz, for a rerun to read (lm.adapter); if it
