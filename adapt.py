@@ -493,21 +493,45 @@ def tune(adapter, valid, test, say=print, rms=None, progress=None):
     rms: {} or the RMS form's fixed settings (RMS's keys; the adapter holds their statistics), to search it too.
     Passes of the model over valid: 1 static (the cache's grids reuse its hidden states) and the dynamic
     searches' (the combined method's cache grids reuse the hidden states of the better form's best pass); over
-    test, one a method, each timed on its own (the RMS form's statistics, gathered during the search, apart).
+    test, one a method as soon as its search has chosen, each timed on its own (the RMS form's statistics,
+    gathered during the search, apart).
     progress (a Progress): what an earlier sitting measured, not measured again; what this one does, kept there.
     Returns the record adapt.json keeps: {method: {settings..., "valid", "test", "seconds"}, "best": method}.
     """
     progress = progress or Progress()
+
+    def report(method):
+        """The test text's perplexity with the settings just chosen on valid, measured as soon as they are: a tune
+        that ends early (a lost machine) has reported every method it got through."""
+        def measure():
+            clock = time.time()
+            return {"test": evaluate(adapter, test, settings_of(record, method)),
+                    "seconds": round(time.time() - clock, 1)}
+
+        got, before = progress.recall("test", method, measure)
+        record[method].update(got)
+        also = "; measured before a stop" if before else ""
+        rms_window = record[method]["dynamic_window"] if RMS[0] in record[method] else None
+        gathering = adapter.gathering_seconds.get(rms_window)  # before the search's first pass at that window
+        if gathering is not None:
+            record[method]["statistics_seconds"] = round(gathering, 1)
+            where = f"read from {checkpoint.ADAPT_RMS}" if rms_window in adapter.loaded else "during the search"
+            also += f"; gathering its statistics took {gathering:.0f} s, {where}"
+        say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s{also})")
+
     clock = time.time()
     static, hidden = adapter.static_pass(valid, hidden=True)  # always: the searches' reference, and the cache's h
     record = {"static": {"valid": perplexity(static)}}
     say(f"static: valid {record['static']['valid']:.3f} ({time.time() - clock:.0f} s)")
+    report("static")
     record["cache"] = recalled(progress, "cache", lambda: search_cache(static, hidden, valid[1:], "cache", say), say)
+    report("cache")
     del hidden  # [words, hidden size]: a large model's is 0.4 GB, and each dynamic search keeps its own
     form, best_pass = None, None
     for search, fixed in [(SGD_SEARCH, {})] + ([(RMS_SEARCH, rms)] if rms else []):
         found, kept = search_dynamic(adapter, valid, static, search, say, fixed.get("dynamic_eps"), progress)
         record[search.method] = {**found, **fixed}
+        report(search.method)
         if form is None or found["valid"] < record[form]["valid"]:
             form, best_pass = search.method, kept
 
@@ -529,24 +553,7 @@ def tune(adapter, valid, test, say=print, rms=None, progress=None):
     found = recalled(progress, "both", both, say)
     if found is not None:
         record["both"] = found
-
-    say("test: the chosen settings")
-    for method in record:
-        def measure():
-            clock = time.time()
-            return {"test": evaluate(adapter, test, settings_of(record, method)),
-                    "seconds": round(time.time() - clock, 1)}
-
-        got, before = progress.recall("test", method, measure)
-        record[method].update(got)
-        also = "; measured before a stop" if before else ""
-        rms_window = record[method]["dynamic_window"] if RMS[0] in record[method] else None
-        gathering = adapter.gathering_seconds.get(rms_window)  # before the search's first pass at that window
-        if gathering is not None:
-            record[method]["statistics_seconds"] = round(gathering, 1)
-            where = f"read from {checkpoint.ADAPT_RMS}" if rms_window in adapter.loaded else "during the search"
-            also += f"; gathering its statistics took {gathering:.0f} s, {where}"
-        say(f"{method}: test {record[method]['test']:.3f} ({record[method]['seconds']:.0f} s{also})")
+        report("both")
     record["best"] = min(record, key=lambda method: record[method]["valid"])
     return record
 

@@ -475,7 +475,7 @@ def test_ctrl_c_in_tune_ends_with_one_line_and_keeps_its_progress_whole(trained,
                                 f"--valid={tmp_path}/valid.txt", f"--input={corpus}/ptb.test.txt"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seen = []
-    for line in process.stdout:  # the grid is under way: 12 more dynamic passes and the test passes to go
+    for line in process.stdout:  # the grid is under way: 12 more dynamic passes and their test pass to go
         seen.append(line)
         if line.startswith("dynamic 1/"):
             process.send_signal(signal.SIGINT)
@@ -493,8 +493,8 @@ def test_ctrl_c_in_tune_ends_with_one_line_and_keeps_its_progress_whole(trained,
 
 
 def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model, tmp_path):
-    """Stopped (a Ctrl-C: KeyboardInterrupt here) in the RMS form's search, after both searches, or among the test
-    passes, then rerun: what was measured is read back, not measured again, and the record is the unbroken tune's."""
+    """Stopped (a Ctrl-C: KeyboardInterrupt here) in the RMS form's search, at its end, or after its test pass, then
+    rerun: what was measured is read back, not measured again, and the record is the unbroken tune's."""
     corpus = trained[1]
     valid, test = (lm.read_ids(model, f"{corpus}/ptb.{name}.txt") for name in ("valid", "test"))
     rms = dict(dynamic_rms="train", dynamic_stat_words=500, dynamic_stat_batch=1, dynamic_eps=0.002)
@@ -509,14 +509,14 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
                 raise KeyboardInterrupt
         return say
 
-    # Where it stops; the windows whose statistics it kept; the dynamic passes the rerun makes (the test text's are 3:
-    # dynamic, dynamic_rms, both); whether it runs again the pass both is built on (None: whether that pass came
-    # before the stop depends on the fixture).
+    # Where it stops; the windows whose statistics it kept; the dynamic passes the rerun makes (each method's test pass
+    # follows its search: before the RMS form's, the plain form's is done); whether it runs again the pass both is
+    # built on (None: whether that pass came before the stop depends on the fixture).
     sgd, rms_passes, windows = adapt.SGD_SEARCH.passes, adapt.RMS_SEARCH.passes, adapt.RMS_SEARCH.windows
     every = sorted((adapt.RMS_SEARCH.window,) + windows)
-    for stop, kept, passes_again, rerun in (("dynamic_rms 2/", [adapt.RMS_SEARCH.window], rms_passes - 2 + 3, None),
-                                            ("dynamic_rms: chosen", every, 3, True),
-                                            ("dynamic: test", every, 2, False)):
+    for stop, kept, passes_again, rerun in (("dynamic_rms 2/", [adapt.RMS_SEARCH.window], rms_passes - 2 + 2, None),
+                                            ("dynamic_rms: chosen", every, 2, True),
+                                            ("dynamic_rms: test", every, 1, True)):
         folder, first, second, calls = str(tmp_path / stop.replace(" ", "_")), [], [], []
         os.makedirs(folder)
         with pytest.raises(KeyboardInterrupt):
