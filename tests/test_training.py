@@ -233,15 +233,20 @@ def test_ctrl_c_at_the_end_of_training_and_in_the_test_pass(ptb_path, uninterrup
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_lm_eval_stopped_by_a_signal(ptb_path, uninterrupted, signum):
+def test_lm_eval_stopped_by_a_signal(ptb_path, uninterrupted, tmp_path, signum):
+    """Stopped while it evaluates: one line, 128 + the signal, no perplexity.
+
+    The signal follows the note on the text's one unknown word, which eval prints once the text is read and
+    before it scores it: a fixed wait of 6 s once saw the whole of ptb.train.txt scored before its signal."""
+    with open(f"{ptb_path}/ptb.train.txt") as f:
+        (tmp_path / "text.txt").write_text("zyzzyva" + f.read())
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "lm.py"), "eval", f"--save_path={uninterrupted[1]}",
-                                f"--input={ptb_path}/ptb.train.txt"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                f"--input={tmp_path}/text.txt"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, cwd=ROOT)
-    try:
-        process.wait(timeout=6)  # loaded and evaluating, or still starting: either way it ends the same
-    except subprocess.TimeoutExpired:
-        process.send_signal(signum)
+    note = process.stderr.readline()
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
+    assert note == "note: not in the vocabulary, read as <unk>: zyzzyva\n", (note, stdout, stderr)
     assert process.returncode == 128 + signum, (stdout, stderr)
     assert re.fullmatch(rf"error: stopped by signal {signum}.*", one_line(stderr))
     assert "Perplexity" not in stdout
