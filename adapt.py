@@ -455,10 +455,13 @@ def search_dynamic(adapter, ids, reference, search, say, eps=None, progress=None
         flags, passes = flags_text(dict(zip(DYNAMIC, key))), {}
 
         def measure():
-            clock, gathered = time.time(), len(adapter.gathered)
+            if eps is not None and min(window, len(ids) - 1) not in adapter.gathered:
+                # A new window's statistics (10-30 minutes on medium), on disk before the pass that needs them
+                # starts: a rerun after a stop during that pass reads them back.
+                adapter.gather_statistics(min(window, len(ids) - 1))
+                progress.keep_statistics(adapter, say)
+            clock = time.time()
             passes[key] = adapter.dynamic_pass(ids, *key, hidden=True, reference=reference, eps=eps)
-            if len(adapter.gathered) > gathered:  # the RMS form's statistics for a new window: on disk before the
-                progress.keep_statistics(adapter, say)  # pass that needed them is, for a rerun to read them back
             return {"valid": perplexity(passes[key][0]), "stopped": passes[key][1] is None,
                     "seconds": round(time.time() - clock, 1)}
 

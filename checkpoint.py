@@ -36,7 +36,7 @@ ADAPT_PROGRESS = "adapt_progress.json"  # what an unfinished lm.py tune measured
 # write_atomically; anything else is the user's. runfolder.py says which of these folders a run wrote.
 RUN_FILES = re.compile(r"(checkpoint|config\.json|vocab\.txt|metrics\.jsonl|perplexity\.png|projector_config\.pbtxt"
                        r"|metadata\.tsv|run\.json|adapt\.json|adapt_rms\.npz|adapt_progress\.json)(\.tmp.*)?"
-                       r"|model\.ckpt-.*|events\.out\.tfevents\..*|\.write-test|\.lock")
+                       r"|model\.ckpt-.*|events\.out\.tfevents\..*|\.write-test(-\d+)?|\.lock")
 READ_TRIES = 10  # read_latest: how many newer checkpoints to try while a training replaces them
 
 

@@ -336,30 +336,21 @@ class Trainer:
 def prepare_save_path(path):
     """Creates the folder and makes sure it can be written, before hours of training.
 
-    Returns the folders it created, deepest first, for remove_if_empty."""
+    Returns the folders it created, deepest first: a run that saves nothing leaves none of them behind
+    (runfolder.remove_unused)."""
     created, folder = [], os.path.abspath(path)
     while not os.path.exists(folder):
         created.append(folder)
         folder = os.path.dirname(folder)
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
+        probe = os.path.join(path, f".write-test-{os.getpid()}")  # its own: two trainings may start together
         with open(probe, "w"):
             pass
         os.remove(probe)
     except OSError as e:
         raise reader.DataError(f"cannot write to --save_path={path} ({e.strerror}): choose a writable folder")
     return created
-
-
-def remove_if_empty(folders):
-    """A run that ended before saving anything leaves none of the folders it created behind (nor its claim on
-    the folder: runfolder's run.json and lock)."""
-    for folder in folders:
-        if os.path.isdir(folder) and set(os.listdir(folder)) <= {runfolder.MARKER, runfolder.LOCK}:
-            for name in os.listdir(folder):
-                os.remove(os.path.join(folder, name))
-            os.rmdir(folder)
 
 
 def load_data_and_config(cluster=None):
@@ -400,7 +391,7 @@ def main(argv):
     except Stop as e:
         cli.fail(f"Stopped: {e}", e.exit_code, prefix="")
     finally:
-        remove_if_empty(created)
+        runfolder.remove_unused(created)
 
 
 def train(cluster, save_path):

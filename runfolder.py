@@ -25,7 +25,7 @@ from checkpoint import (CONFIG, RUN_FILES, VOCAB, CheckpointError, latest, read_
 from tf1 import tf
 
 MARKER, LOCK, PROGRAM = "run.json", ".lock", "ptb_word_lm.py"
-_held = []  # the lock files this process holds: open, hence locked, until it ends
+_held = {}  # {folder's real path: its lock file}: open, hence locked, until this process ends
 
 
 def check(save_path, config, vocab, train_words):
@@ -42,7 +42,7 @@ def check(save_path, config, vocab, train_words):
 def claim(save_path, config, vocab, train_words, model):
     """Makes the folder this process's: locks it, checks it again (a training that held it may have
     changed it), and writes run.json if the folder has no checkpoint yet or predates run.json."""
-    _held.append(_lock(save_path))
+    _held[os.path.realpath(save_path)] = _lock(save_path)
     prefix, marker = _check(save_path, config, vocab, train_words)
     if not (prefix and marker):
         write_atomically(os.path.join(save_path, MARKER), json.dumps(
@@ -59,11 +59,32 @@ def _lock(save_path):
         raise CheckpointError(f"cannot open {path} ({e.strerror}): choose a writable --save_path")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        # A training that saved nothing removes its lock file as it ends: one opened before that is no one's.
+        taken = not os.path.samestat(os.fstat(fd), os.stat(path))
+    except (BlockingIOError, FileNotFoundError):
+        taken = True
+    if taken:
         os.close(fd)
         raise CheckpointError(f"--save_path={save_path} is in use by another training run: wait for it to end, or "
                               "give another --save_path")
     return fd
+
+
+def remove_unused(folders):
+    """Removes the folders a training created (deepest first) if it saved nothing in them, and its claim on them.
+
+    Only the claim this process holds: a training refused because another took the folder they both found
+    missing and created leaves the other's run.json and lock alone.
+    """
+    for folder in folders:
+        ours = {MARKER, LOCK} if os.path.realpath(folder) in _held else set()
+        try:
+            if set(os.listdir(folder)) <= ours:
+                for name in os.listdir(folder):
+                    os.remove(os.path.join(folder, name))
+                os.rmdir(folder)
+        except OSError:  # another process wrote into it, or removed it, meanwhile: not this one's to remove
+            pass
 
 
 def read_marker(save_path):
@@ -91,7 +112,7 @@ def _check(save_path, config, vocab, train_words):
                               f"({', '.join(foreign[:3])}): give an empty or a new folder")
     marker = read_marker(save_path)
     prefix = latest(save_path)
-    written = [f for f in names if f not in (LOCK, ".write-test") and ".tmp" not in f]  # not leftovers of a kill
+    written = [f for f in names if f != LOCK and not f.startswith(".write-test") and ".tmp" not in f]  # nor a kill's
     if marker is None and not prefix and written:
         raise CheckpointError(f"--save_path={save_path} holds {', '.join(written[:3])} but no {MARKER}, which a "
                               "training run writes first: they are not a run's files; give an empty or a new folder")

@@ -545,6 +545,24 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
     assert other.done == {} and other.foreign
 
 
+def test_a_stop_during_the_first_pass_at_a_window_keeps_its_statistics(trained, model, tmp_path):
+    """The RMS form's statistics of a window are on disk before the first pass that needs them: a stop during that
+    pass (on medium, 10-30 minutes of gathering) does not lose them."""
+    valid = lm.read_ids(model, f"{trained[1]}/ptb.valid.txt")
+    statistics = lm.read_ids(model, f"{trained[1]}/ptb.train.txt")[:501]
+    adapter = adapt.Adapter(model, statistics)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # a Ctrl-C during the pass
+
+    adapter.dynamic_pass = stopped
+    with pytest.raises(KeyboardInterrupt):
+        adapt.search_dynamic(adapter, valid, None, adapt.RMS_SEARCH, lambda line: None, eps=0.002,
+                             progress=adapt.Progress(str(tmp_path), {"sha256": "the same"}))
+    path = os.path.join(tmp_path, checkpoint.ADAPT_RMS)
+    assert adapt.Adapter(model, statistics).load_statistics(path) == [adapt.RMS_SEARCH.window]
+
+
 def test_tune_rerun_reads_back_its_progress_file(trained, folder, model):
     """As a user resumes it: a progress file of this tune (planted: its first grid point a perplexity no pass gives)
     is read back and steers the choice, and goes once adapt.json is written; another tune's is replaced, with a note."""

@@ -1,5 +1,6 @@
 """A run folder shared with other processes: two trainings started together, a reader beside a writer, a folder
 written before run.json existed, the last three checkpoints across resumes. The test config on a small corpus."""
+import fcntl
 import hashlib
 import json
 import os
@@ -13,6 +14,8 @@ import time
 import pytest
 
 import checkpoint
+import configs
+import runfolder
 from conftest import ROOT, write_corpus
 from test_cli import run as run_trainer
 
@@ -79,6 +82,31 @@ def test_two_trainings_started_together_on_one_folder(corpus, alone, tmp_path):
     assert processes[winner].returncode == 0, stderr
     assert perplexities(outs[winner].read_text()) == perplexities(alone[0])
     assert snapshot(tmp_path / "run") == snapshot(alone[1])  # weights, index, metrics, plot, run.json: byte for byte
+
+
+def test_a_training_refused_leaves_the_folder_to_the_one_that_took_it(tmp_path, monkeypatch):
+    """Two trainings found --save_path missing and both created it: the one refused, as it ends, removes neither the
+    folder nor the other's claim on it (the race the test above lost now and then). Its own claim it removes."""
+    folder, config = tmp_path / "run", configs.get_config("test")
+    claim = lambda: runfolder.claim(str(folder), config, ["a", "b"], 100, "test")  # noqa: E731
+    folder.mkdir()
+    other = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)  # another open file: another holder, for flock
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    (folder / "run.json").write_text('{"written_by": "ptb_word_lm.py", "model": "test", "train_words": 100}')
+    with pytest.raises(checkpoint.CheckpointError, match="is in use by another training run"):
+        claim()
+    runfolder.remove_unused([str(folder)])
+    assert sorted(os.listdir(folder)) == [".lock", "run.json"]
+    # The other ends having saved nothing and removes its lock file just after this one opened it: still refused.
+    os.close(other)
+    opened = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a: (opened(path, *a), os.remove(path))[0])
+    with pytest.raises(checkpoint.CheckpointError, match="is in use by another training run"):
+        claim()
+    monkeypatch.undo()
+    assert claim() is None  # now it is free: taken, and left by a run that saved nothing
+    runfolder.remove_unused([str(folder)])
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_reader_beside_a_writer_never_sees_damage(corpus, tmp_path):
