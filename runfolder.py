@@ -77,11 +77,16 @@ def remove_unused(folders):
     missing and created leaves the other's run.json and lock alone.
     """
     for folder in folders:
-        ours = {MARKER, LOCK} if os.path.realpath(folder) in _held else set()
+        key = os.path.realpath(folder)
+        ours = [MARKER, LOCK] if key in _held else []  # run.json first: the lock guards it to the end
         try:
-            if set(os.listdir(folder)) <= ours:
-                for name in os.listdir(folder):
-                    os.remove(os.path.join(folder, name))
+            names = set(os.listdir(folder))
+            if names <= set(ours):
+                for name in ours:
+                    if name in names:
+                        os.remove(os.path.join(folder, name))
+                if key in _held:
+                    os.close(_held.pop(key))
                 os.rmdir(folder)
         except OSError:  # another process wrote into it, or removed it, meanwhile: not this one's to remove
             pass

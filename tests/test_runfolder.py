@@ -68,7 +68,8 @@ def test_two_trainings_started_together_on_one_folder(corpus, alone, tmp_path):
         time.sleep(0.05)
     winner = next((i for i in (0, 1) if "Model:" in outs[i].read_text()), None)
     if winner is None:  # one was refused before the other printed its line
-        winner = next(i for i in (0, 1) if processes[i].poll() is None)
+        winner = next((i for i in (0, 1) if processes[i].poll() is None), None)
+        assert winner is not None, [p.communicate()[1] for p in processes]  # both ended: say why
     loser = processes[1 - winner]
     processes[winner].send_signal(signal.SIGSTOP)
     try:
@@ -97,13 +98,21 @@ def test_a_training_refused_leaves_the_folder_to_the_one_that_took_it(tmp_path, 
         claim()
     runfolder.remove_unused([str(folder)])
     assert sorted(os.listdir(folder)) == [".lock", "run.json"]
-    # The other ends having saved nothing and removes its lock file just after this one opened it: still refused.
+    # The other ends having saved nothing and removes its lock file just after this one opened it (and a third
+    # training may have made a new one): the file this one locks is no longer the folder's, so it is refused.
     os.close(other)
     opened = os.open
-    monkeypatch.setattr(os, "open", lambda path, *a: (opened(path, *a), os.remove(path))[0])
-    with pytest.raises(checkpoint.CheckpointError, match="is in use by another training run"):
-        claim()
-    monkeypatch.undo()
+    for third in (False, True):
+        def open_then_removed(path, *args):
+            fd = opened(path, *args)
+            os.remove(path)
+            if third:
+                os.close(opened(path, *args))
+            return fd
+        monkeypatch.setattr(os, "open", open_then_removed)
+        with pytest.raises(checkpoint.CheckpointError, match="is in use by another training run"):
+            claim()
+        monkeypatch.undo()
     assert claim() is None  # now it is free: taken, and left by a run that saved nothing
     runfolder.remove_unused([str(folder)])
     assert os.listdir(tmp_path) == []
