@@ -26,6 +26,12 @@ Both read a text as `lm.py eval` does: one row, the state carried through the fi
 the first predicted once, perplexity = exp(mean of -log p(target)). Combined, the cache is built from
 the hidden states the dynamic pass produces. tune() chooses each method's values on a validation text
 by a coarse grid and then a finer one, and reports both texts.
+
+Test perplexity, each method's values chosen on valid by `lm.py tune` (README: the commands, values, times):
+
+    config   static   cache   dynamic SGD   dynamic RMS   both
+    small    113.90   93.88      100.08        98.95      89.01
+    medium    84.13   73.76       77.42        75.41      70.64
 """
 import collections
 import copy
