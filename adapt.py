@@ -461,10 +461,11 @@ def search_dynamic(adapter, ids, reference, search, say, eps=None, progress=None
         flags, passes = flags_text(dict(zip(DYNAMIC, key))), {}
 
         def measure():
-            if eps is not None and min(window, len(ids) - 1) not in adapter.gathered:
+            gathered_window = min(window, len(ids) - 1)  # the window dynamic_pass uses on a text this short
+            if eps is not None and gathered_window not in adapter.gathered:
                 # A new window's statistics (10-30 minutes on medium), on disk before the pass that needs them
                 # starts: a rerun after a stop during that pass reads them back.
-                adapter.gather_statistics(min(window, len(ids) - 1))
+                adapter.gather_statistics(gathered_window)
                 progress.keep_statistics(adapter, say)
             clock = time.time()
             passes[key] = adapter.dynamic_pass(ids, *key, hidden=True, reference=reference, eps=eps)

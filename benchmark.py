@@ -22,13 +22,10 @@ import time
 import types
 
 import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
-import numpy as np
 from absl import flags
 
-import adapt
 import configs
-from model import CELLS, COMPUTE_DTYPES, PRECISIONS, RNN_MODES, PTBModel, check_rnn_mode
-from tf1 import session_config, tf
+from configs import CELLS, PRECISIONS, RNN_MODES
 
 flags.DEFINE_enum("model", "small", list(configs.CONFIGS), "Model config.")
 flags.DEFINE_enum("cell", "lstm", list(CELLS), "The recurrent cell.")
@@ -58,6 +55,15 @@ def _some_of(known):
 
 flags.register_validator("modes", _some_of(list(RNN_MODES) + list(BENCHMARK_MODES)))
 flags.register_validator("precisions", _some_of(list(PRECISIONS)))
+if __name__ == "__main__":  # the flags are checked here, before TensorFlow's import: a typo costs no wait
+    cli.parse_first()
+
+# Only now what is slow to import: TensorFlow (every module below imports it) and numpy.
+import numpy as np  # noqa: E402
+
+import adapt  # noqa: E402
+from model import COMPUTE_DTYPES, PTBModel, check_rnn_mode  # noqa: E402
+from tf1 import session_config, tf  # noqa: E402
 
 
 def time_runs(session, fetch, feed=None, steps=10, warmup=3):

@@ -1,8 +1,8 @@
 """What the programs (ptb_word_lm.py, lm.py, benchmark.py) share at their edge with the user.
 
-- Every flag's allowed values, checked when the command line is parsed: before a corpus is
-  read or a graph is built. Flags that set a config field take their range from
-  configs.FIELDS; the others are in RANGES below.
+- Every flag's allowed values, checked when the command line is parsed: before TensorFlow is
+  imported (`parse_first`), so a mistyped flag ends the program at once, not seconds later.
+  Flags that set a config field take their range from configs.FIELDS; the others are in RANGES below.
 - Errors the user can fix end the program with one line on stderr and exit code 2; a file
   that cannot be written ends it with one line and exit code 1: never a traceback.
 - SIGINT (Ctrl-C) and SIGTERM end it with one line and exit code 128 + the signal number.
@@ -149,6 +149,18 @@ def _parse(argv):
         fail(f"{e}; python {os.path.basename(argv[0])} --help lists the flags")
 
 
+def parse_first():
+    """Parses and checks the command line now; returns what is left of it (the program's name, lm.py's command).
+
+    A program calls it after defining its flags and before importing TensorFlow (seconds), when it runs as a
+    program (`if __name__ == "__main__"`): imported by the tests or the notebook, it parses nothing.
+    """
+    app.define_help_flags()  # --help, which app.run would define only later
+    _check_ranges()
+    _state["argv"] = _parse(sys.argv)
+    return _state["argv"]
+
+
 def fail(message, code=USAGE, prefix="error: "):
     print(prefix + message, file=sys.stderr, flush=True)
     if _state["at_once"]:
@@ -168,7 +180,7 @@ def run(main, errors=(ValueError,)):
 
     `errors`: the exception classes whose message is meant for the user (exit code 2).
     """
-    _check_ranges()
+    argv = _state.get("argv") or parse_first()
 
     def guarded(argv):
         _state["main"] = True
@@ -181,4 +193,4 @@ def run(main, errors=(ValueError,)):
         except OSError as e:  # a write the disk or the permissions refused
             fail(f"{e.strerror or e} ({e.filename or 'a file'}): free space or choose a writable folder", WRITE)
 
-    app.run(guarded, flags_parser=_parse)
+    app.run(guarded, flags_parser=lambda _: argv)

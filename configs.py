@@ -19,6 +19,10 @@ included) and to every config.json read back from a checkpoint folder.
 import math
 
 CELLS = ("lstm", "gru", "rnn")
+# How the graph runs them (model.py says what each is); here, beside the configs, so that the programs' flags can
+# name them without TensorFlow's import.
+RNN_MODES = ("basic", "block", "fast", "cudnn")
+PRECISIONS = ("fp32", "bf16", "fp16")
 FLOAT32_MAX = 3.4028234663852886e38  # a learning rate beyond it is inf inside the graph
 
 

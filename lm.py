@@ -28,15 +28,7 @@ import shutil
 import sys
 
 import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
-import numpy as np
 from absl import flags
-
-import adapt
-import checkpoint
-import embeddings
-import reader
-from model import PTBModel, run_epoch
-from tf1 import tf
 
 COMMANDS = ("generate", "predict", "score", "eval", "tune", "export", "nearest", "projector")
 
@@ -75,6 +67,28 @@ flags.DEFINE_float("dynamic_eps", 1e-3, "eval, tune: with --dynamic_rms, the ste
 flags.DEFINE_enum("adapt", None, ["tuned"], "eval: apply what lm.py tune chose and wrote to --save_path/adapt.json.")
 flags.DEFINE_string("valid", None, "tune: the text to choose the adaptation's settings on (ptb.valid.txt).")
 FLAGS = flags.FLAGS
+
+
+def check_command(argv):
+    """What the command line alone can tell: one command, and the checkpoint folder it reads."""
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        cli.fail(f"give one command, one of {', '.join(COMMANDS)}: python lm.py COMMAND --save_path=DIR ...")
+    if not FLAGS.save_path:
+        cli.fail("--save_path=DIR is needed: the folder ptb_word_lm.py --save_path wrote")
+
+
+if __name__ == "__main__":  # the command line is checked here, before TensorFlow's import: a typo costs no wait
+    check_command(cli.parse_first())
+
+# Only now what is slow to import: TensorFlow (every module below imports it) and numpy.
+import numpy as np  # noqa: E402
+
+import adapt  # noqa: E402
+import checkpoint  # noqa: E402
+import embeddings  # noqa: E402
+import reader  # noqa: E402
+from model import PTBModel, run_epoch  # noqa: E402
+from tf1 import tf  # noqa: E402
 
 
 class UsageError(ValueError):
@@ -453,11 +467,7 @@ def run_tune(lm, rms):
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        cli.fail(f"give one command, one of {', '.join(COMMANDS)}: python lm.py COMMAND --save_path=DIR ...")
-    if not FLAGS.save_path:
-        cli.fail("--save_path=DIR is needed: the folder ptb_word_lm.py --save_path wrote")
-    run(argv[1])
+    run(argv[1])  # check_command has checked it
 
 
 if __name__ == "__main__":

@@ -28,16 +28,14 @@ import itertools
 import math
 
 import reader
+from configs import CELLS, PRECISIONS, RNN_MODES
 from tf1 import tf
 
-RNN_MODES = ("basic", "block", "fast", "cudnn")
 FUSED_MODES = ("block", "fast")  # the modes that run the LSTM as BlockLSTM and the GRU as GRUBlockCell
 FAST_BACKWARDS = ("unroll", "loop")  # how the fast mode's gradient steps back through time
 FAST_FORWARDS = ("block", "split")  # the fast mode's forward when training: BlockLSTM, or split_lstm
-CELLS = ("lstm", "gru", "rnn")
 STATE_PARTS = {"lstm": 2, "gru": 1, "rnn": 1}  # the LSTM carries (c, h) from window to window, the others h
-COMPUTE_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
-PRECISIONS = tuple(COMPUTE_DTYPES)
+COMPUTE_DTYPES = dict(zip(PRECISIONS, (tf.float32, tf.bfloat16, tf.float16)))  # the matmuls' dtype
 MAX_LOG_FLOAT = math.log(1.7976931348623157e308)  # exp() of more overflows a float64
 
 

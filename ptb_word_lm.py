@@ -23,19 +23,9 @@ import os
 import time
 
 import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
-import numpy as np
 from absl import flags
 
-import checkpoint
 import configs
-import distribute
-import embeddings
-import monitor
-import reader
-import runfolder
-from model import (MAX_LOG_FLOAT, PRECISIONS, RNN_MODES, Position, PTBModel, check_options, check_rnn_mode,
-                   default_rnn_mode, dropout_seed, run_epoch)
-from tf1 import session_config, tf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,10 +35,10 @@ flags.DEFINE_string("data_path", None, "Folder with ptb.{train,valid,test}.txt (
 flags.DEFINE_enum("model", "small", list(configs.CONFIGS), "Model config.")
 flags.DEFINE_string("save_path", None, "Folder for checkpoints, config, vocabulary, TensorBoard summaries, "
                     "metrics and plot. Rerunning with the same folder resumes the run.")
-flags.DEFINE_enum("rnn_mode", None, list(RNN_MODES), "How the LSTM runs: basic (BasicLSTMCell, the "
+flags.DEFINE_enum("rnn_mode", None, list(configs.RNN_MODES), "How the LSTM runs: basic (BasicLSTMCell, the "
                   "reference), block (fused BlockLSTM kernel), fast (BlockLSTM with a faster gradient of our own), "
                   "cudnn (GPU). Default: fast, the fastest measured.")
-flags.DEFINE_enum("precision", "fp32", list(PRECISIONS), "Matmul precision; variables, loss and gradient "
+flags.DEFINE_enum("precision", "fp32", list(configs.PRECISIONS), "Matmul precision; variables, loss and gradient "
                   "clipping stay fp32. bf16: the softmax in bfloat16 (BlockLSTM has no bf16 kernel); fp16: the "
                   "softmax and the LSTM in float16.")
 flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precision=fp16.")
@@ -84,6 +74,21 @@ flags.DEFINE_integer("replicas", 1, "Split each training batch over this many de
 flags.DEFINE_float("worker_timeout", 120, "With TF_CONFIG (several workers): a worker stops when a step waits this "
                    "many seconds for the others (at start it waits 10 minutes for them).")
 FLAGS = flags.FLAGS
+if __name__ == "__main__":  # the flags are checked here, before TensorFlow's import: a typo costs no wait
+    cli.parse_first()
+
+# Only now what is slow to import: TensorFlow (every module below imports it) and numpy.
+import numpy as np  # noqa: E402
+
+import checkpoint  # noqa: E402
+import distribute  # noqa: E402
+import embeddings  # noqa: E402
+import monitor  # noqa: E402
+import reader  # noqa: E402
+import runfolder  # noqa: E402
+from model import (MAX_LOG_FLOAT, Position, PTBModel, check_options, check_rnn_mode, default_rnn_mode,  # noqa: E402
+                   dropout_seed, run_epoch)
+from tf1 import session_config, tf  # noqa: E402
 
 
 LOST = 4  # exit code: another worker of the cluster stopped or was lost

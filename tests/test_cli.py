@@ -82,6 +82,57 @@ def test_ctrl_c_is_one_line_from_the_first_slow_import_on(program):
     assert (result.returncode, result.stdout) == (0, "absl _on_signal\n"), result.stderr
 
 
+# Runs a program with a hook that ends it, with exit code 3, where it would import TensorFlow (on stdout: tf1
+# silences stderr while TensorFlow is imported).
+NO_TENSORFLOW = """
+import os, runpy, sys
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            print("importing TensorFlow", flush=True)
+            os._exit(3)
+sys.meta_path.insert(0, Hook())
+sys.path.insert(0, {root!r})
+sys.argv = [{program!r}, *{args!r}]
+runpy.run_path({program!r}, run_name="__main__")
+"""
+
+
+def run_without_tensorflow(program, args):
+    script = NO_TENSORFLOW.format(root=ROOT, program=os.path.join(ROOT, program), args=args)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@pytest.mark.parametrize("program, args, message", [
+    ("ptb_word_lm.py", ["--keep_prob=0"], r"error: flag --keep_prob=0.0: give a number above 0 and at most 1; "
+                                          r"python ptb_word_lm.py --help lists the flags"),
+    ("ptb_word_lm.py", ["--model=huge"], "error: flag --model=huge: value should be one of .*"),
+    ("ptb_word_lm.py", ["--rnn_mode=blocks"], "error: flag --rnn_mode=blocks: value should be one of .*"),
+    ("lm.py", ["eval", "--save_path=x", "--cache_lambda=2"], r"error: flag --cache_lambda=2.0: give a number from 0 "
+                                                             r"to 1; python lm.py --help lists the flags"),
+    ("lm.py", ["evaluate", "--save_path=x"], "error: give one command, one of generate, .*"),
+    ("lm.py", ["eval"], "error: --save_path=DIR is needed: .*"),
+    ("benchmark.py", ["--precisions=fp8"], "error: flag --precisions=.*: fp8 is not one of fp32, bf16, fp16: .*"),
+])
+def test_a_bad_command_line_is_refused_before_tensorflow_is_imported(program, args, message):
+    """A mistyped flag or command costs no wait for TensorFlow's import (seconds): the error comes first."""
+    result = run_without_tensorflow(program, args)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert re.fullmatch(message + "\n", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("program", ["ptb_word_lm.py", "lm.py", "benchmark.py"])
+def test_help_needs_no_tensorflow_and_a_sound_command_line_imports_it(program):
+    result = run_without_tensorflow(program, ["--help"])
+    assert (result.returncode, result.stderr) == (0, "") and result.stdout.endswith("Try --helpfull to get a list "
+                                                                                    "of all flags.\n")
+    # A sound command line (here with a folder that does not exist, which is checked later) goes on to the import.
+    args = {"ptb_word_lm.py": ["--model=test", "--data_path=/nonexistent"], "lm.py": ["eval", "--save_path=/nonexistent"],
+            "benchmark.py": ["--model=test"]}[program]
+    result = run_without_tensorflow(program, args)
+    assert (result.returncode, result.stdout) == (3, "importing TensorFlow\n"), result.stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_benchmark_stopped_by_a_signal(signum):
     """Starting or timing: either way one line and 128 + the signal, never a traceback or an abort."""
