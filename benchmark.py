@@ -58,7 +58,7 @@ flags.register_validator("precisions", _some_of(list(PRECISIONS)))
 if __name__ == "__main__":  # the flags are checked here, before TensorFlow's import: a typo costs no wait
     cli.parse_first()
 
-# Only now what is slow to import: TensorFlow (every module below imports it) and numpy.
+# Only now what is slow to import: TensorFlow (through tf1, which most modules below import) and numpy.
 import numpy as np  # noqa: E402
 
 import adapt  # noqa: E402

@@ -180,7 +180,7 @@ def run(main, errors=(ValueError,)):
 
     `errors`: the exception classes whose message is meant for the user (exit code 2).
     """
-    argv = _state.get("argv") or parse_first()
+    parsed = _state.get("argv") or parse_first()  # the program's parse_first, or now
 
     def guarded(argv):
         _state["main"] = True
@@ -193,4 +193,4 @@ def run(main, errors=(ValueError,)):
         except OSError as e:  # a write the disk or the permissions refused
             fail(f"{e.strerror or e} ({e.filename or 'a file'}): free space or choose a writable folder", WRITE)
 
-    app.run(guarded, flags_parser=lambda _: argv)
+    app.run(guarded, flags_parser=lambda _: parsed)  # app.run hands it to guarded

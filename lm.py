@@ -80,7 +80,7 @@ def check_command(argv):
 if __name__ == "__main__":  # the command line is checked here, before TensorFlow's import: a typo costs no wait
     check_command(cli.parse_first())
 
-# Only now what is slow to import: TensorFlow (every module below imports it) and numpy.
+# Only now what is slow to import: TensorFlow (through tf1, which most modules below import) and numpy.
 import numpy as np  # noqa: E402
 
 import adapt  # noqa: E402

@@ -77,7 +77,7 @@ FLAGS = flags.FLAGS
 if __name__ == "__main__":  # the flags are checked here, before TensorFlow's import: a typo costs no wait
     cli.parse_first()
 
-# Only now what is slow to import: TensorFlow (every module below imports it) and numpy.
+# Only now what is slow to import: TensorFlow (through tf1, which most modules below import) and numpy.
 import numpy as np  # noqa: E402
 
 import checkpoint  # noqa: E402
@@ -241,7 +241,7 @@ class Trainer:
         raise Stop(f"{what}: training stopped, {kept}; lower --learning_rate", 3)
 
     def run(self, resume_from=None):
-        config, m = self.config, self.m
+        config = self.config
         first_epoch, position = self.restore(resume_from)
         self.last_save = time.time()
         with cli.signals_deferred():  # a signal is acted on between steps, where the run can be saved

@@ -127,8 +127,8 @@ def test_help_needs_no_tensorflow_and_a_sound_command_line_imports_it(program):
     assert (result.returncode, result.stderr) == (0, "") and result.stdout.endswith("Try --helpfull to get a list "
                                                                                     "of all flags.\n")
     # A sound command line (here with a folder that does not exist, which is checked later) goes on to the import.
-    args = {"ptb_word_lm.py": ["--model=test", "--data_path=/nonexistent"], "lm.py": ["eval", "--save_path=/nonexistent"],
-            "benchmark.py": ["--model=test"]}[program]
+    args = {"ptb_word_lm.py": ["--model=test", "--data_path=/nonexistent"],
+            "lm.py": ["eval", "--save_path=/nonexistent"], "benchmark.py": ["--model=test"]}[program]
     result = run_without_tensorflow(program, args)
     assert (result.returncode, result.stdout) == (3, "importing TensorFlow\n"), result.stderr
 
