@@ -1,7 +1,7 @@
 """How fast the model trains and evaluates here, against what this machine's matmuls can do.
 
     python benchmark.py --model=medium                       # every rnn_mode and precision
-    python benchmark.py --model=medium --modes=block,fast,fast_loop --precisions=fp32  # issue 11's gradient
+    python benchmark.py --model=medium --modes=block,fast,fast_loop --precisions=fp32  # the fast gradient's loop
     python benchmark.py --model=small --modes=block --precisions=fp32 --steps=50
     python benchmark.py --model=small --cell=gru --precisions=fp32  # GRUCell vs GRUBlockCell
     python benchmark.py --model=medium --modes=fast --precisions=fp32 --profile  # where a step's time goes
@@ -11,17 +11,17 @@ On random word ids of the config's real shapes it times `--steps` training steps
 validation-shaped evaluation steps, and the batch-1 test pass, after a warm-up. It first
 measures the machine's peak: one large matmul in each precision. A benchmark, not a test:
 nothing in the test suite depends on speed. `fast_loop` is rnn_mode fast with its gradient
-stepping back in a tf.while_loop instead of the default Python unroll (PTBModel's fast_backward).
-`fast_split` is rnn_mode fast with split_lstm's forward instead of BlockLSTM's (PTBModel's fast_forward).
+stepping back in a tf.while_loop instead of the default Python unroll; `fast_split` is rnn_mode fast
+with split_lstm's forward instead of BlockLSTM's (tools/kernels.py; FastVariant below).
 With --adapt_words, it also times `lm.py eval`'s passes with test-time adaptation (adapt.py) on that many
 random words of the config's shapes: static, the cache, dynamic evaluation's two forms, each set against
-the time of a training epoch (issue 18's targets: the cache within 2x static, dynamic within 2x an epoch).
+the time of a training epoch (the aims: the cache within 2x static, dynamic evaluation within 2x an epoch).
 """
 import collections
 import time
 import types
 
-import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
+from tools import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
 from absl import flags
 
 import configs
@@ -38,8 +38,8 @@ flags.DEFINE_bool("profile", False, "Also trace training steps one op at a time 
 flags.DEFINE_integer("adapt_words", 0, "Also time lm.py eval's passes with the cache and dynamic evaluation on this "
                      "many random words (0: not).")
 FLAGS = flags.FLAGS
-# names beyond RNN_MODES: (rnn_mode, fast_backward, fast_forward)
-BENCHMARK_MODES = {"fast_loop": ("fast", "loop", "block"), "fast_split": ("fast", "unroll", "split")}
+# modes beyond RNN_MODES: rnn_mode fast, with kernels.fast_block_lstm's other ways (unroll, forward)
+FAST_VARIANTS = {"fast_loop": dict(unroll=False), "fast_split": dict(forward="split")}
 
 
 def _some_of(known):
@@ -53,7 +53,7 @@ def _some_of(known):
     return check
 
 
-flags.register_validator("modes", _some_of(list(RNN_MODES) + list(BENCHMARK_MODES)))
+flags.register_validator("modes", _some_of(list(RNN_MODES) + list(FAST_VARIANTS)))
 flags.register_validator("precisions", _some_of(list(PRECISIONS)))
 if __name__ == "__main__":  # the flags are checked here, before TensorFlow's import: a typo costs no wait
     cli.parse_first()
@@ -61,9 +61,24 @@ if __name__ == "__main__":  # the flags are checked here, before TensorFlow's im
 # Only now what is slow to import: TensorFlow (through tf1, which most modules below import) and numpy.
 import numpy as np  # noqa: E402
 
-import adapt  # noqa: E402
-from model import COMPUTE_DTYPES, PTBModel, check_rnn_mode  # noqa: E402
-from tf1 import session_config, tf  # noqa: E402
+from model import PTBModel  # noqa: E402
+from tools import adapt, kernels  # noqa: E402
+from tools.tf1 import session_config, tf  # noqa: E402
+
+
+class FastVariant(PTBModel):
+    """rnn_mode fast with kernels.fast_block_lstm's `options`: its gradient stepping back in a tf.while_loop
+    (unroll=False), or split_lstm's forward (forward="split", training graphs of a known window only)."""
+
+    def __init__(self, *args, options, **kwargs):
+        self.options = options
+        super().__init__(*args, **kwargs)
+
+    def lstm_layer(self, x, c, h, kernel, bias):
+        options = dict(self.options)
+        if not (self.is_training and self.num_steps is not None):
+            options.pop("forward", None)
+        return kernels.fast_block_lstm(x, c, h, kernel, bias, self.precision, **options)
 
 
 def time_runs(session, fetch, feed=None, steps=10, warmup=3):
@@ -87,14 +102,14 @@ def profile(session, fetch, feed, steps=5, top=12):
                 op_type = node.timeline_label.split("(")[0].split(" = ")[-1] or node.node_name
                 totals[op_type] += node.all_end_rel_micros / 1000 / steps
     whole = sum(totals.values())
-    print(f"  profile: {whole:.1f} ms of ops a step; " + ", ".join(f"{op} {ms:.1f} ms ({ms / whole:.0%})"
+    print(f"  profile: {whole:.1f} ms of ops per step; " + ", ".join(f"{op} {ms:.1f} ms ({ms / whole:.0%})"
                                                               for op, ms in totals.most_common(top)), flush=True)
 
 
 def matmul_peak(precision, n=2048):
     """GFLOP/s of an n x n x n matmul with its operands already in `precision`."""
     with tf.Graph().as_default():
-        dtype = COMPUTE_DTYPES[precision]
+        dtype = kernels.PRECISION_DTYPES[precision]
         a = tf.Variable(tf.cast(tf.random.normal([n, n]), dtype))
         b = tf.Variable(tf.cast(tf.random.normal([n, n]), dtype))
         product = tf.matmul(a, b).op
@@ -105,13 +120,15 @@ def matmul_peak(precision, n=2048):
 
 def words_per_second(config, mode, precision):
     """(train, valid-shaped eval, batch-1 test pass) words per second on random ids."""
-    rnn_mode, fast_backward, fast_forward = BENCHMARK_MODES.get(mode, (mode, "unroll", "block"))
+    rnn_mode = "fast" if mode in FAST_VARIANTS else mode
     batch, steps = config.batch_size, config.num_steps
     test_window = 1 if rnn_mode == "basic" else 100
     with tf.Graph().as_default():
         with tf.variable_scope("Model", initializer=tf.random_uniform_initializer(-0.05, 0.05)):
-            train = PTBModel(True, config, batch, steps, rnn_mode, precision, fast_backward=fast_backward,
-                             fast_forward=fast_forward)
+            if mode in FAST_VARIANTS:
+                train = FastVariant(True, config, batch, steps, rnn_mode, precision, options=FAST_VARIANTS[mode])
+            else:
+                train = PTBModel(True, config, batch, steps, rnn_mode, precision)
         with tf.variable_scope("Model", reuse=True):
             valid = PTBModel(False, config, batch, steps, rnn_mode, precision)
             test = PTBModel(False, config, 1, test_window if rnn_mode == "basic" else None, rnn_mode, precision)
@@ -200,15 +217,13 @@ def print_adaptation(config, train_wps):
         wps = words // window * window / s  # the statistics' full windows only
         stats = STAT_WORDS / wps
         print(f"  {f'RMS statistics n={window}':25} {wps:6.0f} w/s   {STAT_WORDS} words {stats:5.0f} s "
-              f"= {stats / epoch:5.2f} x an epoch, paid once a run of lm.py eval", flush=True)
+              f"= {stats / epoch:5.2f} x an epoch, paid once per run of lm.py eval", flush=True)
 
 
 def main(argv):
     del argv
     config = configs.get_config(FLAGS.model)
     config.cell = FLAGS.cell
-    for mode in FLAGS.modes:
-        check_rnn_mode(BENCHMARK_MODES.get(mode, (mode,))[0])  # a ValueError: one line, exit 2 (cli.run)
     flops = configs.matmul_flops_per_word(config)
     peaks = {p: matmul_peak(p) for p in FLAGS.precisions}
     peak_text = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())

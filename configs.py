@@ -21,7 +21,7 @@ import math
 CELLS = ("lstm", "gru", "rnn")
 # How the graph runs them (model.py says what each is); here, beside the configs, so that the programs' flags can
 # name them without TensorFlow's import.
-RNN_MODES = ("basic", "block", "fast", "cudnn")
+RNN_MODES = ("basic", "block", "fast")
 PRECISIONS = ("fp32", "bf16", "fp16")
 FLOAT32_MAX = 3.4028234663852886e38  # a learning rate beyond it is inf inside the graph
 
@@ -31,7 +31,7 @@ class Options:
     cell = "lstm"                # or "gru", "rnn" (tanh)
     embedding_size = None        # None: hidden_size
     tie_embeddings = False       # softmax weight = transposed embedding (Press & Wolf 2017)
-    variational_dropout = False  # one dropout mask a sequence, shared by its time steps (Gal & Ghahramani 2016)
+    variational_dropout = False  # one dropout mask per sequence, shared by its time steps (Gal & Ghahramani 2016)
     state_keep_prob = 1.0        # dropout on the recurrent state (cell-by-cell graph only)
     word_keep_prob = 1.0         # dropout of whole words from the embedding
 

@@ -3,7 +3,7 @@ possible next word a probability, and that is all these commands read off it.
 
     python lm.py generate --save_path=DIR --prompt="the company said" --num_words=30 --seed=1
     python lm.py predict  --save_path=DIR --context="the stock market" --top_k=5
-    python lm.py predict  --save_path=DIR < contexts.txt     # a context a line; asks when run at a terminal
+    python lm.py predict  --save_path=DIR < contexts.txt     # a context per line; asks when run at a terminal
     python lm.py score    --save_path=DIR --input=sentences.txt [--json]
     python lm.py eval     --save_path=DIR --input=ptb.test.txt
     python lm.py eval     --save_path=DIR --input=ptb.test.txt --cache_size=2000 --cache_theta=0.3 --cache_lambda=0.1
@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 
-import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
+from tools import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
 from absl import flags
 
 COMMANDS = ("generate", "predict", "score", "eval", "tune", "export", "nearest", "projector")
@@ -83,12 +83,10 @@ if __name__ == "__main__":  # the command line is checked here, before TensorFlo
 # Only now what is slow to import: TensorFlow (through tf1, which most modules below import) and numpy.
 import numpy as np  # noqa: E402
 
-import adapt  # noqa: E402
-import checkpoint  # noqa: E402
-import embeddings  # noqa: E402
+from tools import adapt, checkpoint, embeddings  # noqa: E402
 import reader  # noqa: E402
 from model import PTBModel, run_epoch  # noqa: E402
-from tf1 import tf  # noqa: E402
+from tools.tf1 import tf  # noqa: E402
 
 
 class UsageError(ValueError):
@@ -119,7 +117,7 @@ class LanguageModel:
         """<eos>'s id: every sentence starts after one, as in training."""
         if reader.EOS not in self.word_to_id:
             raise UsageError(f"the vocabulary has no {reader.EOS}, which starts and ends every sentence: retrain "
-                             "with a corpus of one sentence a line")
+                             "with a corpus of one sentence per line")
         return self.word_to_id[reader.EOS]
 
     def encode(self, words):
@@ -183,7 +181,7 @@ def predict(lm, context, top_k):
 
 def read_ids(lm, path, flag="--input"):
     """The word ids of a text file; every word after the first is predicted once, so it needs two or more."""
-    reader.check_readable(path, flag, "a text file, one sentence a line")
+    reader.check_readable(path, flag, "a text file, one sentence per line")
     ids = lm.encode(reader.read_words(path, flag=flag))
     if len(ids) < 2:
         raise UsageError(f"{flag}={path} holds one word: a perplexity needs two or more")
@@ -228,7 +226,7 @@ def input_lines():
     if FLAGS.input == "-":
         lines = sys.stdin.read().splitlines()
     else:
-        reader.check_readable(FLAGS.input, "--input", "a text file, one sentence a line")
+        reader.check_readable(FLAGS.input, "--input", "a text file, one sentence per line")
         try:
             with open(FLAGS.input, encoding="utf-8") as f:
                 lines = f.read().splitlines()
@@ -236,7 +234,7 @@ def input_lines():
             raise UsageError(f"cannot read --input={FLAGS.input} ({e}): give a UTF-8 text file")
     lines = [line.split() for line in lines if line.strip()]
     if not lines:
-        raise UsageError(f"--input={FLAGS.input} holds no text: give one sentence a line")
+        raise UsageError(f"--input={FLAGS.input} holds no text: give one sentence per line")
     return lines
 
 

@@ -5,7 +5,7 @@
         ...                                   # x, y: int32 [20, 20]; y is x shifted by one word
 
 The corpus is `data/` of Tomas Mikolov's simple-examples.tgz: ptb.{train,valid,test}.txt,
-one sentence a line, already lower-cased, numbers replaced by N and rare words by <unk>.
+one sentence per line, already lower-cased, numbers replaced by N and rare words by <unk>.
 """
 import collections
 import hashlib
@@ -51,13 +51,13 @@ def check_readable(path, flag, what):
 def read_words(path, flag="--data_path"):
     """The words of a text file, with every line ending turned into <eos>."""
     if os.path.exists(path) and not os.path.isfile(path):
-        raise DataError(f"{path} is not a regular file: give a text file, one sentence a line")
+        raise DataError(f"{path} is not a regular file: give a text file, one sentence per line")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
         if flag != "--data_path":
-            raise DataError(f"{flag}={path} not found: give a text file, one sentence a line")
+            raise DataError(f"{flag}={path} not found: give a text file, one sentence per line")
         raise DataError(f"{path} not found: pass --data_path=DIR with DIR holding ptb.train.txt, "
                         "ptb.valid.txt and ptb.test.txt (the data/ folder of simple-examples.tgz)")
     except UnicodeDecodeError as e:
@@ -65,7 +65,7 @@ def read_words(path, flag="--data_path"):
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}")
     if not text.split():
-        raise DataError(f"{path} is empty: it should hold one sentence a line")
+        raise DataError(f"{path} is empty: it should hold one sentence per line")
     return text.replace("\n", f" {EOS} ").split()
 
 
@@ -162,7 +162,7 @@ def ptb_iterator(raw_data, batch_size, num_steps, keep_remainder=False):
 
 def ptb_producer(raw_data, batch_size, num_steps, name=None):
     """The windows of ptb_iterator as graph tensors (x, y), cycling through the epochs."""
-    from tf1 import tf  # only this function needs TensorFlow; the rest of the reader stays light
+    from tools.tf1 import tf  # only this function needs TensorFlow; the rest of the reader stays light
 
     n = epoch_size(len(raw_data), batch_size, num_steps)
     with tf.name_scope(name, "PTBProducer"):

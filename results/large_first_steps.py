@@ -1,4 +1,4 @@
-"""The large config's first training steps, one line a step: loss per word, gradient norm, largest |c|.
+"""The large config's first training steps, one line per step: loss per word, gradient norm, largest |c|.
 
     python results/large_first_steps.py MODE STEPS [SEED]     # from the project root; MODE: fast, block, basic
 
@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import configs  # noqa: E402
 import reader  # noqa: E402
 from model import PTBModel, dropout_seed  # noqa: E402
-from tf1 import tf  # noqa: E402
+from tools.tf1 import tf  # noqa: E402
 
 mode, steps = sys.argv[1], int(sys.argv[2])
 seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1

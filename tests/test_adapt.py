@@ -13,16 +13,15 @@ import sys
 import numpy as np
 import pytest
 
-import adapt
-import checkpoint
+from tools import adapt, checkpoint
 import lm
-import runfolder
+from tools import runfolder
 from conftest import ROOT
 from model import PTBModel
 from test_bad_input import snapshot
 from test_cli import assert_one_line_error
 from test_lm import run_lm, trained  # noqa: F401 (trained: the fixture, a checkpoint folder and its corpus)
-from tf1 import tf
+from tools.tf1 import tf
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +233,7 @@ def test_the_statistics_in_rows_are_the_mean_square_of_a_batch_gradient(model):
     rows = np.reshape(statistics[:len(statistics) // batch * batch], [batch, -1])
     zero = np.zeros([model.config.num_layers, 2, 1, model.config.hidden_size], np.float32)
     states, squares = [zero] * batch, []
-    for k in range((rows.shape[1] - 1) // n):  # 2 windows a row
+    for k in range((rows.shape[1] - 1) // n):  # 2 windows per row
         g = []
         for b in range(batch):
             g_b, _, states[b] = reference_step(model.config, theta_0, rows[b, k * n:(k + 1) * n],

@@ -172,7 +172,7 @@ def test_benchmark_times_lm_eval_with_adaptation():
         assert float(against_static) == pytest.approx(static_wps / wps, abs=0.05 + static_wps / wps / 100), name
         assert float(against_epoch) == pytest.approx(seconds / epoch, abs=0.005 + seconds / epoch / 100), name
     statistics = re.findall(r"^  RMS statistics n=(\d+) +(\d+) w/s +200000 words +(\d+) s = +([\d.]+) x an epoch, "
-                            r"paid once a run of lm.py eval$", result.stdout, re.M)
+                            r"paid once per run of lm.py eval$", result.stdout, re.M)
     assert [window for window, *_ in statistics] == ["5", "10"]
     for _, wps, stats, against_epoch in statistics:
         assert float(stats) == pytest.approx(200000 / float(wps), abs=0.5 + float(stats) / 100)

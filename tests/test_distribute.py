@@ -25,11 +25,11 @@ from test_training import perplexities, start_and_stop
 ONE_EPOCH = """
 import json, os, sys
 import numpy as np
-import configs, distribute, ptb_word_lm, reader
+import configs, ptb_word_lm, reader
 from model import run_epoch
-from tf1 import tf
+from tools import distribute, training
+from tools.tf1 import tf
 
-ptb_word_lm.FLAGS(["ptb_word_lm.py"])
 data_path, out, seed, count, options = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 data = reader.load_ptb(data_path)
 data = data._replace(train=data.train[:20000])
@@ -40,14 +40,16 @@ for option in options:
     setattr(config, name, json.loads(value))
 cluster = distribute.read_tf_config(os.environ.get("TF_CONFIG", ""))
 replicas = distribute.Replicas(count, cluster, timeout=120) if count > 1 or cluster else None
-trainer = ptb_word_lm.Trainer(data, config, "fast", seed=seed, replicas=replicas)
-trainer.restore(None)  # with several workers, every worker takes the chief's weights and seed
-trainer.m.assign_lr(trainer.session, 1.0)
+with tf.Graph().as_default():
+    m, mvalid, _ = ptb_word_lm.create_models(config, "fast", "fp32", seed, replicas)
+    run = training.TrainingRun(m, mvalid, data, config, seed, replicas=replicas,
+                               one_process_model=lambda: ptb_word_lm.create_models(config, "fast", "fp32", seed))
+run.start(None)  # with several workers, every worker takes the chief's weights and seed
+m.assign_lr(run.session, 1.0)
 losses = []
-run_epoch(trainer.session, trainer.m, data.train, trainer.m.train_op,
-          on_step=lambda position, vals, epoch_size: losses.append(vals["cost"]))
-with trainer.graph.as_default():
-    weights = dict(zip([v.op.name for v in tf.trainable_variables()], trainer.session.run(tf.trainable_variables())))
+run_epoch(run.session, m, data.train, m.train_op, on_step=lambda position, vals, epoch_size: losses.append(vals["cost"]))
+with run.graph.as_default():
+    weights = dict(zip([v.op.name for v in tf.trainable_variables()], run.session.run(tf.trainable_variables())))
 np.savez(out, losses=np.array(losses), **weights)
 """
 
@@ -79,7 +81,7 @@ def test_two_replicas_give_the_loss_of_every_step_and_the_weights_of_one_process
 
 @contextlib.contextmanager
 def workers(commands):
-    """Starts one process a command, as workers 0, 1, ... of a cluster on 127.0.0.1 (TF_CONFIG); kills those left."""
+    """Starts one process per command, as workers 0, 1, ... of a cluster on 127.0.0.1 (TF_CONFIG); kills those left."""
     sockets = [socket.socket() for _ in commands]
     for s in sockets:
         s.bind(("127.0.0.1", 0))  # a free port each, all at once so that they differ
@@ -228,7 +230,7 @@ TWO = '"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}'
     ('{"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 0}}',
      r"^error: --replicas=1 x 3 workers = 3 replicas do not divide batch_size=20"),
     ("{%s, \"task\": {\"type\": \"worker\", \"index\": 1}}" % TWO,  # --replicas=2 below
-     r"^error: --replicas=2: with TF_CONFIG each worker runs one replica a GPU, and on a machine without GPUs one"),
+     r"^error: --replicas=2: with TF_CONFIG each worker runs one replica per GPU, and on a machine without GPUs one"),
 ])
 def test_a_malformed_tf_config_is_refused_at_start_with_one_line(tmp_path, tf_config, message):
     corpus = write_corpus(tmp_path / "corpus", " a b c d e f g h\n" * 40)

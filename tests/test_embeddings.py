@@ -6,12 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-import checkpoint
-import embeddings
+from tools import checkpoint, embeddings
 import reader
 from conftest import ROOT, write_corpus
 from test_cli import assert_one_line_error, run as run_trainer
-from tf1 import tf
+from tools.tf1 import tf
 
 
 def test_load_glove_takes_the_vocabulary_words(tmp_path):

@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 
-import checkpoint
+from tools import checkpoint
 import configs
 import reader
 from model import PTBModel, run_epoch
-from tf1 import tf
+from tools.tf1 import tf
 
 
 class TinyConfig(configs.SmallConfig):

@@ -4,7 +4,7 @@ import pytest
 
 from model import PTBModel, check_options
 from test_model import TinyConfig, build, feed, random_batch
-from tf1 import tf
+from tools.tf1 import tf
 
 
 def tiny(**options):

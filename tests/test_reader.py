@@ -87,7 +87,7 @@ def test_epoch_size_formula_and_too_short_error():
 
 
 def test_producer_gives_the_iterator_batches_epoch_after_epoch():
-    from tf1 import tf
+    from tools.tf1 import tf
 
     data = list(range(100))
     expected = list(reader.ptb_iterator(data, 3, 4))

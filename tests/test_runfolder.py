@@ -13,14 +13,14 @@ import time
 
 import pytest
 
-import checkpoint
+from tools import checkpoint
 import configs
-import runfolder
+from tools import runfolder
 from conftest import ROOT, write_corpus
 from test_cli import run as run_trainer
 
 SENTENCES = "".join(f" the {a} sat on the {b}\n" for a in ("cat", "dog", "rat") for b in ("mat", "rug")) * 40
-FLAGS = ["--model=test", "--seed=3"]  # 1680 words: 41 windows an epoch
+FLAGS = ["--model=test", "--seed=3"]  # 1680 words: 41 windows per epoch
 OLD = "909d01c"  # the last commit before run.json and the lock; runs/large was started with it
 
 

@@ -120,23 +120,25 @@ import os, sys
 import numpy as np
 import configs, ptb_word_lm, reader
 from model import Position
-from tf1 import tf
+from tools import cli, training
+from tools.tf1 import tf
 
-ptb_word_lm.FLAGS(["ptb_word_lm.py"])
 save_path = sys.argv[1]
 config = configs.get_config("test")
 data = reader.PTBData(*[list(np.random.RandomState(s).randint(0, 50, 400)) for s in (3, 4, 5)],
                       vocab=[f"w{i}" for i in range(50)])
 config.vocab_size = 50
-trainer = ptb_word_lm.Trainer(data, config, save_path=save_path, seed=1)
-trainer.save(1, Position())
-good = sorted(os.listdir(save_path))
-with trainer.graph.as_default():
+with tf.Graph().as_default():
+    m, mvalid, _ = ptb_word_lm.create_models(config, "block", "fp32", 1)
+    run = training.TrainingRun(m, mvalid, data, config, 1, save_path)
     softmax_b = [v for v in tf.trainable_variables() if v.op.name == "Model/softmax_b"][0]
-softmax_b.load(np.full([50], np.inf, np.float32), trainer.session)
+run.start(None)
+run.save(1, Position())
+good = sorted(os.listdir(save_path))
+softmax_b.load(np.full([50], np.inf, np.float32), run.session)
 try:
-    trainer.save(1, Position(5))
-except ptb_word_lm.Stop as e:
+    run.save(1, Position(5))
+except cli.Stop as e:
     print(e.exit_code, e, sorted(os.listdir(save_path)) == good)
 """
 
@@ -161,7 +163,7 @@ def test_a_perplexity_beyond_a_float_is_inf_not_an_exception():
 
 
 def test_summaries_metrics_and_plot(uninterrupted):
-    from tf1 import tf
+    from tools.tf1 import tf
 
     from PIL import Image
 
@@ -192,7 +194,7 @@ def test_summaries_metrics_and_plot(uninterrupted):
 
 def test_progress_lines_show_the_eta(uninterrupted):
     lines = [line for line in uninterrupted[0].splitlines() if " speed: " in line]
-    assert len(lines) >= 16  # about 10 an epoch
+    assert len(lines) >= 16  # about 10 per epoch
     assert all(re.search(r"eta: epoch \d+m\d\ds, run \d+m\d\ds$", line) for line in lines)
 
 

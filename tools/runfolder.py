@@ -14,15 +14,16 @@ naming weights beside it with a config and vocabulary that fit the command: that
 run.json written. Anything else (a user's own perplexity.png, metrics.jsonl, a note named checkpoint)
 is refused, never overwritten.
 """
+import contextlib
 import fcntl
 import json
 import os
 
 import configs
-import monitor
-from checkpoint import (CONFIG, RUN_FILES, VOCAB, CheckpointError, latest, read_config, read_vocab, unreadable,
+from tools import monitor
+from tools.checkpoint import (CONFIG, RUN_FILES, VOCAB, CheckpointError, latest, read_config, read_vocab, unreadable,
                         write_atomically)
-from tf1 import tf
+from tools.tf1 import tf
 
 MARKER, LOCK, PROGRAM = "run.json", ".lock", "ptb_word_lm.py"
 _held = {}  # {folder's real path: its lock file}: open, hence locked, until this process ends
@@ -68,6 +69,37 @@ def _lock(save_path):
         raise CheckpointError(f"--save_path={save_path} is in use by another training run: wait for it to end, or "
                               "give another --save_path")
     return fd
+
+
+@contextlib.contextmanager
+def made(save_path):
+    """For the block: the folder save_path (None: nothing), created if missing and checked to be writable before
+    hours of training; afterwards the folders it created are removed again if the run saved nothing in them."""
+    created = prepare(save_path) if save_path else []
+    try:
+        yield
+    finally:
+        remove_unused(created)
+
+
+def prepare(path):
+    """Creates the folder and makes sure it can be written.
+
+    Returns the folders it created, deepest first: a run that saves nothing leaves none of them behind
+    (remove_unused)."""
+    created, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")  # its own: two trainings may start together
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise CheckpointError(f"cannot write to --save_path={path} ({e.strerror}): choose a writable folder")
+    return created
 
 
 def remove_unused(folders):

@@ -17,6 +17,14 @@ import signal
 import sys
 
 
+class Stop(Exception):
+    """The program ends early, with one line that says why and what to do next, and its own exit code."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Interrupted(BaseException):
     """A signal arrived; BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it."""
 
@@ -188,6 +196,8 @@ def run(main, errors=(ValueError,)):
             main(argv)
         except Interrupted as e:
             fail(str(e), 128 + e.signum)
+        except Stop as e:
+            fail(f"Stopped: {e}", e.exit_code, prefix="")
         except errors as e:
             fail(str(e))
         except OSError as e:  # a write the disk or the permissions refused

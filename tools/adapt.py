@@ -44,10 +44,10 @@ import zipfile
 
 import numpy as np
 
-import checkpoint
+from tools import checkpoint
 import reader
 from model import MAX_LOG_FLOAT, PTBModel
-from tf1 import tf
+from tools.tf1 import tf
 
 CACHE = ("cache_size", "cache_theta", "cache_lambda")  # lm.py eval's flags, and adapt.json's keys
 DYNAMIC = ("dynamic_lr", "dynamic_decay", "dynamic_window")
@@ -143,7 +143,7 @@ class Adapter:
     The trained weights theta_0 are copied into the graph as local variables (never seen by a Saver,
     so never saved); every dynamic pass starts from them and puts them back when it ends. Given
     `statistics` (the ids of a training text), it can take the RMS form's steps too: rms, a local
-    variable a weight, is gathered on that text (in `stat_batch` rows) the first time a window length
+    variable per weight, is gathered on that text (in `stat_batch` rows) the first time a window length
     needs it (or read from the file save_statistics wrote, for the same weights, text and rows).
     """
 
@@ -217,7 +217,7 @@ class Adapter:
         """theta <- theta - lr g + decay (theta_0 - theta), after `computed` (the window's values at theta).
 
         The decay term (if decayed) is added first, from theta as it is; then TensorFlow's SGD op subtracts
-        lr g: ResourceApplyGradientDescent, one fused op a variable, and for the embedding, whose gradient
+        lr g: ResourceApplyGradientDescent, one fused op per variable, and for the embedding, whose gradient
         is IndexedSlices (the rows of the window's words), a scatter into those rows only.
         With rms, Krause's form: g / (rms + eps) for g, and decay min(rms / mean_rms, 1 / decay) for decay
         (his clip keeps a weight's pull below the whole distance back to theta_0).
@@ -424,7 +424,7 @@ def best_of(results):
 
 
 def cache_grid(log_p, hidden, targets, sizes, thetas, lambdas, label, say):
-    """{(N, theta, lambda): perplexity} over the grid; a line a size."""
+    """{(N, theta, lambda): perplexity} over the grid; a line per size."""
     results = {}
     for n in sizes:
         clock = time.time()
@@ -503,7 +503,7 @@ def tune(adapter, valid, test, say=print, rms=None, progress=None):
     rms: {} or the RMS form's fixed settings (RMS's keys; the adapter holds their statistics), to search it too.
     Passes of the model over valid: 1 static (the cache's grids reuse its hidden states) and the dynamic
     searches' (the combined method's cache grids reuse the hidden states of the better form's best pass); over
-    test, one a method as soon as its search has chosen, each timed on its own (the RMS form's statistics,
+    test, one per method as soon as its search has chosen, each timed on its own (the RMS form's statistics,
     gathered during the search, apart).
     progress (a Progress): what an earlier sitting measured, not measured again; what this one does, kept there.
     Returns the record adapt.json keeps: {method: {settings..., "valid", "test", "seconds"}, "best": method}.

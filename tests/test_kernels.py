@@ -1,4 +1,5 @@
-"""rnn_mode fast: BlockLSTM's forward with a gradient of our own (model.fast_block_lstm), against basic and block.
+"""tools/kernels.py: rnn_mode fast (BlockLSTM's forward with a gradient of our own, kernels.fast_block_lstm) and
+split_lstm's forward, against basic and block.
 
 Every comparison loads one set of weights into models of two modes (variables shared in one graph), feeds them a
 nonzero initial state, and differentiates cost + a random projection of the final state: the final state's part
@@ -9,7 +10,22 @@ import pytest
 
 from model import PTBModel, check_options
 from test_model import TinyConfig, feed, random_batch
-from tf1 import tf
+from tools import kernels
+from tools.tf1 import tf
+
+
+class FastVariant(PTBModel):
+    """rnn_mode fast with its gradient stepping back in a tf.while_loop (backward "loop") or with split_lstm's
+    forward (forward "split", in training graphs of a known window), as benchmark.py times them."""
+
+    def __init__(self, *args, backward="unroll", forward="block", **kwargs):
+        self.backward, self.forward = backward, forward
+        super().__init__(*args, **kwargs)
+
+    def lstm_layer(self, x, c, h, kernel, bias):
+        forward = self.forward if self.is_training and self.num_steps is not None else "block"
+        return kernels.fast_block_lstm(x, c, h, kernel, bias, self.precision, unroll=self.backward == "unroll",
+                                       forward=forward)
 
 
 def tiny(**options):
@@ -21,7 +37,7 @@ def tiny(**options):
 
 
 def build_models(config, *specs, is_training=False, batch_size=4):
-    """One graph with a model per (rnn_mode, num_steps, fast_backward[, fast_forward]), all sharing one set of variables.
+    """One graph with a model per (rnn_mode, num_steps[, backward[, forward]]), all sharing one set of variables.
 
     Returns the session, the models, and per model what to fetch: cost, final state, the gradients of the
     objective for every trainable variable, and for the initial state.
@@ -33,8 +49,9 @@ def build_models(config, *specs, is_training=False, batch_size=4):
         models = []
         for i, (mode, num_steps, *fast) in enumerate(specs):
             with tf.variable_scope("Model", reuse=i > 0, initializer=initializer):
-                models.append(PTBModel(is_training, config, batch_size, num_steps, mode,
-                                       **dict(zip(("fast_backward", "fast_forward"), fast))))
+                options = dict(zip(("backward", "forward"), fast)) if mode == "fast" else {}
+                model_class = FastVariant if options else PTBModel
+                models.append(model_class(is_training, config, batch_size, num_steps, mode, **options))
         state_shape = [config.num_layers, 2, 4, config.hidden_size]
         probe = tf.constant(np.random.RandomState(3).normal(size=state_shape).astype(np.float32))
         fetches = []
@@ -64,25 +81,25 @@ def assert_same(got, expected, rtol, atol):
 
 
 @pytest.mark.parametrize("embedding_size", [None, 6])
-@pytest.mark.parametrize("num_steps, fast_backward", [(5, "unroll"), (5, "loop"), (None, "unroll")])
-def test_fast_matches_basic(num_steps, fast_backward, embedding_size):
+@pytest.mark.parametrize("num_steps, backward", [(5, "unroll"), (5, "loop"), (None, "unroll")])
+def test_fast_matches_basic(num_steps, backward, embedding_size):
     """Loss, final state and every gradient, as BasicLSTMCell computes them.
 
     num_steps=None: windows of any length, where the gradient has to loop (tf.while_loop) whatever was asked,
     against basic's dynamic_rnn; embedding_size 6: the first layer's input is narrower than its state.
     """
     config = tiny(embedding_size=embedding_size)
-    session, models, fetches = build_models(config, ("basic", num_steps, "unroll"), ("fast", num_steps, fast_backward))
+    session, models, fetches = build_models(config, ("basic", num_steps, "unroll"), ("fast", num_steps, backward))
     basic, fast = run_all(session, models, fetches, config)
-    assert len(fast["grads"]) == 3 + 2 * config.num_layers  # embedding, softmax w and b; a kernel and bias a layer
+    assert len(fast["grads"]) == 3 + 2 * config.num_layers  # embedding, softmax w and b; a kernel and bias per layer
     assert_same(fast, basic, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("fast_backward", ["unroll", "loop"])
-def test_initial_state_gradient_matches_basic(fast_backward):
+@pytest.mark.parametrize("backward", ["unroll", "loop"])
+def test_initial_state_gradient_matches_basic(backward):
     """The gradient reaching each layer's initial c and h: what the previous window would get in full BPTT."""
     config = tiny()
-    session, models, fetches = build_models(config, ("basic", 5, "unroll"), ("fast", 5, fast_backward))
+    session, models, fetches = build_models(config, ("basic", 5, "unroll"), ("fast", 5, backward))
     basic, fast = run_all(session, models, fetches, config)
     for layer in range(config.num_layers):
         for part in (0, 1):  # c, h
@@ -91,12 +108,12 @@ def test_initial_state_gradient_matches_basic(fast_backward):
                                        rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("fast_backward", ["unroll", "loop"])
+@pytest.mark.parametrize("backward", ["unroll", "loop"])
 @pytest.mark.parametrize("embedding_size", [None, 6])
-def test_fast_matches_tensorflows_block_lstm_grad_tightly(fast_backward, embedding_size):
+def test_fast_matches_tensorflows_block_lstm_grad_tightly(backward, embedding_size):
     """The same forward op as block, so only the summation order of the gradient may differ from BlockLSTMGrad's."""
     config = tiny(embedding_size=embedding_size)
-    session, models, fetches = build_models(config, ("block", 5, "unroll"), ("fast", 5, fast_backward))
+    session, models, fetches = build_models(config, ("block", 5, "unroll"), ("fast", 5, backward))
     block, fast = run_all(session, models, fetches, config)
     assert fast["cost"] == block["cost"]  # the very same ops forward
     np.testing.assert_array_equal(fast["final_state"], block["final_state"])
@@ -129,14 +146,14 @@ def test_dropout_masks_and_gradients_match_block(variational):
 
 @pytest.mark.parametrize("embedding_size", [None, 6])
 def test_split_forward_matches_basic(embedding_size):
-    """fast_forward="split" (training graphs): the forward of our own ops, x @ w_x over the window and only
+    """forward="split" (training graphs): the forward of our own ops, x @ w_x over the window and only
     h @ w_h step by step, gives BasicLSTMCell's loss, state and gradients, and runs no BlockLSTM."""
     config = tiny(embedding_size=embedding_size)
     session, models, fetches = build_models(config, ("basic", 5, "unroll"), ("fast", 5, "unroll", "split"),
                                             is_training=True)
     basic, split = run_all(session, models, fetches, config)
     assert_same(split, basic, rtol=1e-5, atol=1e-6)
-    assert models[1].fast_forward == "split"
+    assert models[1].forward == "split"
     assert "BlockLSTM" not in {op.type for op in session.graph.get_operations()}
 
 
@@ -152,10 +169,8 @@ def test_split_forward_only_where_the_window_is_known():
     """Evaluation graphs, and training graphs of any window length, keep BlockLSTM's forward."""
     for is_training, num_steps in ((False, 5), (True, None)):
         with tf.Graph().as_default():
-            model = PTBModel(is_training, tiny(), 4, num_steps, "fast", fast_forward="split")
-            assert model.fast_forward == "block"
-    with pytest.raises(ValueError, match="unknown fast_forward"):
-        PTBModel(True, tiny(), 4, 5, "fast", fast_forward="sideways")
+            FastVariant(is_training, tiny(), 4, num_steps, "fast", forward="split")
+            assert "BlockLSTM" in {op.type for op in tf.get_default_graph().get_operations()}
 
 
 def test_fast_mode_trains_without_block_lstm_grad():
@@ -236,8 +251,8 @@ def test_other_cells_in_fast_mode_are_block_mode(cell):
 def test_fast_mode_refuses_what_block_mode_refuses():
     with pytest.raises(ValueError, match="recurrent state needs the cell-by-cell graph"):
         check_options(tiny(state_keep_prob=0.5), "fast")
-    with pytest.raises(ValueError, match="unknown fast_backward"):
-        PTBModel(False, tiny(), 4, 5, "fast", fast_backward="sideways")
+    with pytest.raises(ValueError, match="unknown rnn_mode 'cudnn'"):
+        check_options(tiny(), "cudnn")
 
 
 def test_bf16_fast_gradient_stays_close_to_fp32():

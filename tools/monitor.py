@@ -1,26 +1,33 @@
 """What a training run leaves behind to be watched by, all under its --save_path:
 
     events.out.tfevents.*   TensorBoard: tensorboard --logdir=SAVE_PATH
-    metrics.jsonl           one JSON line an epoch: learning rate, perplexities, words/s
+    metrics.jsonl           one JSON line per epoch: learning rate, perplexities, words/s
     perplexity.png          train and valid perplexity by epoch, redrawn after every epoch
 """
 import json
 import os
 import threading
+import time
 
-import checkpoint
-from tf1 import tf
+from tools import checkpoint
+from tools.tf1 import tf
 
 METRICS, PLOT = "metrics.jsonl", "perplexity.png"
 
 
-def _thread_error(args, default=threading.excepthook):
-    """The summary writer's thread dies with a traceback when the disk is full; RunLog.flush re-raises its error."""
-    if args.thread is None or args.thread.name != "EventLoggerThread":
-        default(args)
+def quiet_summary_thread_errors():
+    """The summary writer's thread dies with a traceback when the disk is full; RunLog.flush re-raises its error
+    in one line instead. Set once, by the first RunLog that writes."""
+    default = threading.excepthook
+    if getattr(default, "quiets_summaries", False):
+        return
 
+    def excepthook(args):
+        if args.thread is None or args.thread.name != "EventLoggerThread":
+            default(args)
 
-threading.excepthook = _thread_error
+    excepthook.quiets_summaries = True
+    threading.excepthook = excepthook
 
 
 class RunLog:
@@ -28,10 +35,13 @@ class RunLog:
 
     def __init__(self, save_path, model=None):
         self.save_path, self.model = save_path, model
-        self.writer = tf.summary.FileWriter(save_path) if save_path else None
+        self.writer = None
+        if save_path:
+            quiet_summary_thread_errors()
+            self.writer = tf.summary.FileWriter(save_path)
 
     def scalars(self, step, **values):
-        """TensorBoard scalars, one curve a name."""
+        """TensorBoard scalars, one curve per name."""
         if self.writer:
             self.writer.add_summary(tf.Summary(value=[tf.Summary.Value(tag=k, simple_value=v)
                                                       for k, v in values.items()]), step)
@@ -113,6 +123,35 @@ def plot(records, path, title):
             fig.savefig(tmp, format="png", metadata={"Title": title})
     finally:
         plt.close(fig)
+
+
+class ProgressLines:
+    """About ten lines per training epoch: how far it is, the running perplexity, words per second, and the time
+    left for the epoch and the run. words_per_step: batch size x num_steps; epochs: the run's."""
+
+    def __init__(self, words_per_step, epochs):
+        self.words_per_step, self.epochs = words_per_step, epochs
+        self.epoch, self.first_step, self.epoch_start = 0, 0, time.time()
+
+    def start_epoch(self, epoch, first_step=0):
+        """Epoch `epoch` (0-based) starts, at first_step when resumed inside it."""
+        self.epoch, self.first_step, self.epoch_start = epoch, first_step, time.time()
+
+    @staticmethod
+    def due(step, epoch_size):
+        """Whether a line is due after `step` windows: ten times per epoch, the first after 11 windows."""
+        return epoch_size >= 10 and (step - 1) % (epoch_size // 10) == 10
+
+    def print(self, position, epoch_size):
+        """Prints the line; returns (words per second, the running perplexity)."""
+        elapsed = time.time() - self.epoch_start
+        seconds_per_step = elapsed / (position.step - self.first_step)
+        epoch_left = (epoch_size - position.step) * seconds_per_step
+        run_left = epoch_left + (self.epochs - self.epoch - 1) * epoch_size * seconds_per_step
+        wps = (position.step - self.first_step) * self.words_per_step / elapsed
+        print(f"{position.step / epoch_size:.3f} perplexity: {position.perplexity:.3f} speed: {wps:.0f} wps "
+              f"eta: epoch {duration(epoch_left)}, run {duration(run_left)}", flush=True)
+        return wps, position.perplexity
 
 
 def duration(seconds):

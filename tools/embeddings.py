@@ -1,7 +1,7 @@
 """Word vectors in and out of the model: GloVe to start from, nearest neighbours and
 TensorBoard's projector to look at what was learned.
 
-GloVe's text format: a word a line, then its numbers, separated by spaces:
+GloVe's text format: a word per line, then its numbers, separated by spaces:
 
     the 0.418 0.24968 -0.41242 ...
 """
@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-import checkpoint
+from tools import checkpoint
 import reader
 
 EMBEDDING = "Model/embedding"

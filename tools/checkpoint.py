@@ -1,5 +1,5 @@
 """A checkpoint folder that stands alone: the weights, the config they were trained with,
-and the vocabulary, one word a line (line n is word id n).
+and the vocabulary, one word per line (line n is word id n).
 
     runs/small/model.ckpt-N.*  TensorFlow checkpoints (tf.train.Saver) after N steps, the last few
     runs/small/checkpoint      which of them is the latest (a name relative to the folder)
@@ -24,8 +24,7 @@ import secrets
 import numpy as np
 
 import configs
-import reader
-from tf1 import tf
+from tools.tf1 import tf
 
 CKPT, CONFIG, VOCAB, INDEX = "model.ckpt", "config.json", "vocab.txt", "checkpoint"
 ADAPT = "adapt.json"  # what lm.py tune chose for the folder's weights (adapt.py), read by lm.py eval --adapt=tuned
@@ -40,8 +39,8 @@ RUN_FILES = re.compile(r"(checkpoint|config\.json|vocab\.txt|metrics\.jsonl|perp
 READ_TRIES = 10  # read_latest: how many newer checkpoints to try while a training replaces them
 
 
-class CheckpointError(reader.DataError):
-    """A checkpoint folder that is missing, incomplete or inconsistent."""
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or inconsistent; the message says what to do."""
 
 
 def config_fields(config):

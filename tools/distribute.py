@@ -18,19 +18,20 @@ over the replicas), so model.run_epoch and the Trainer drive it unchanged, and i
 row's state under the one-process variable names, resume with any replica count.
 
 With several workers, worker 0 (the chief) alone reads and writes the checkpoint folder; every worker takes the
-chief's variables at start (take_the_chiefs); a signal on any worker stops them all after the same step (the
+chief's variables at start (copy_from_the_chief); a signal on any worker stops them all after the same step (the
 chief saving); a worker that dies or hangs stops the others within --worker_timeout (Replicas).
 
 The default, one replica and no TF_CONFIG, builds none of this: ptb_word_lm.Trainer builds the one-process
 graph as before.
 """
 import collections
+import contextlib
 import json
 import threading
 
-import cli
-from model import STATE_PARTS, PTBModel, Rows
-from tf1 import session_config, tf
+from tools import cli
+from model import STATE_PARTS, PTBModel
+from tools.tf1 import session_config, tf
 
 Cluster = collections.namedtuple("Cluster", "workers index")
 Cluster.__doc__ = """The workers' addresses ("host:port", worker 0 the chief) and this process's index among them."""
@@ -84,7 +85,7 @@ def check_replicas(replicas, config, rnn_mode, cluster=None):
                          f"the batch; use a replica count that divides {config.batch_size}")
     gpus = len(tf.config.list_physical_devices("GPU"))
     if cluster and replicas != max(gpus, 1):
-        raise ValueError(f"--replicas={replicas}: with TF_CONFIG each worker runs one replica a GPU, and on a machine "
+        raise ValueError(f"--replicas={replicas}: with TF_CONFIG each worker runs one replica per GPU, and on a machine "
                          f"without GPUs one replica (MultiWorkerMirroredStrategy); this one has {gpus} GPUs, so give "
                          f"--replicas={max(gpus, 1)} (CUDA_VISIBLE_DEVICES chooses the GPUs)")
     if 0 < gpus < replicas:
@@ -150,8 +151,8 @@ class Replicas:
                 outcome["error"] = e
 
         thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        try:
+        try:  # thread.start() inside: a signal that comes as the thread starts still finds it ended at once
+            thread.start()
             while thread.is_alive():
                 thread.join(0.1)
         except cli.Interrupted:
@@ -162,19 +163,88 @@ class Replicas:
         return outcome.get("value")
 
 
+class ReplicaModel(PTBModel):
+    """One replica's PTBModel: the same graph on its `rows` of the global batch, computing its share of what one
+    process computes on the whole batch. What differs from PTBModel, each in a method of its own:
+
+    - it reads its rows of the global batch's input_data, targets and initial_state (tensors, not placeholders);
+    - its cost divides its rows' losses by the global batch size, so the replicas' costs sum to the cost;
+    - its dropout masks are its rows of the masks one process draws for the whole batch;
+    - its gradient is summed across the replicas (tf.distribute's all-reduce) before the clipping, and the SGD
+      update applied once to each copy of the variables.
+    """
+
+    def __init__(self, rows, global_batch_size, inputs, config, rnn_mode, precision):
+        self.rows, self.global_batch_size = rows, global_batch_size  # rows: a slice of the global batch
+        super().__init__(True, config, rows.stop - rows.start, config.num_steps, rnn_mode, precision, inputs=inputs)
+
+    def embedding_device(self):
+        return contextlib.nullcontext()  # a replica's copy of the embedding is on its own device
+
+    def batch_mean(self, total, shape):
+        return total / float(self.global_batch_size)
+
+    def dropout(self, x, site, time_axis=1):
+        """x times its rows of the dropout mask one process draws for the whole batch (0 or 1 / keep_prob).
+
+        The mask is drawn at the global batch's shape from the same seed, so it is the one-process mask;
+        x * mask is then what stateless_dropout computes: x / keep_prob where kept, 0 where dropped."""
+        if self.keep_prob >= 1.0:
+            return x
+        noise_shape = self.noise_shape(x, time_axis)
+        batch_axis = 1 - time_axis
+        shape = tf.shape(x) if noise_shape is None else noise_shape
+        global_shape = tf.tensor_scatter_nd_update(shape, [[batch_axis]], [self.global_batch_size])
+        mask = tf.nn.experimental.stateless_dropout(tf.ones(global_shape, x.dtype), rate=1.0 - self.keep_prob,
+                                                    seed=self.seed(site))
+        return x * (mask[self.rows] if batch_axis == 0 else mask[:, self.rows])
+
+    def build_train_op(self):
+        """PTBModel's clipped SGD, on the gradient summed across the replicas (the one-process gradient)."""
+        # One variable for all replicas, named as one process names it (tf.Variable would add name scopes); its
+        # value is set from outside the replicas (ReplicatedModel).
+        self.lr = tf.get_variable("learning_rate", [], tf.float32, tf.zeros_initializer(), trainable=False)
+        tvars = tf.trainable_variables()
+        grads = tf.gradients(self.cost, tvars)
+        grads = tf.distribute.get_replica_context().merge_call(sum_across_replicas, args=(grads,))
+        self.clipped_grads, self.grad_norm = tf.clip_by_global_norm(grads, self.config.max_grad_norm)
+        self.train_op = tf.distribute.get_replica_context().merge_call(
+            sgd_update_of_every_copy, args=(self.clipped_grads, tvars, self.lr))
+
+
+def sum_across_replicas(strategy, grads):
+    """In merge_call: each replica's gradients -> their sum, on every replica (an embedding's IndexedSlices are
+    gathered, in replica order: the rows of the one-process gradient, in its order)."""
+    return strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, [(g, g) for g in grads])
+
+
+def sgd_update_of_every_copy(strategy, grads, tvars, lr):
+    """In merge_call: GradientDescentOptimizer's update, var -= lr * grad, of each copy of each variable, and
+    global_step + 1. Not the optimizer itself: under a strategy its apply_gradients sums the gradients across
+    the replicas, and these are summed already."""
+    def sgd(var, grad):
+        if isinstance(grad, tf.IndexedSlices):  # the embedding's rows, as the optimizer applies them
+            return var.scatter_sub(tf.IndexedSlices(grad.values * lr, grad.indices))
+        return var.assign_sub(grad * lr)
+
+    updates = [strategy.extended.update(var, sgd, args=(grad,)) for grad, var in zip(grads, tvars)]
+    with tf.control_dependencies(updates):
+        return tf.train.get_or_create_global_step().assign_add(1)
+
+
 class ReplicatedModel:
     """The training model of a data-parallel step, seen from outside as one PTBModel of the global batch.
 
-    build(batch_size, rows) builds one replica's PTBModel (in the variable scope the caller opened). The
-    input_data, targets and initial_state placeholders hold the global batch; each replica reads its rows.
-    cost is the replicas' costs summed, final_state their final states, each in its rows: both what one
-    process computes. train_op runs every replica's step; grad_norm (the norm of the summed gradient, the
-    same on every replica) and lr are those of the first local replica.
+    Each replica builds a ReplicaModel (in the variable scope the caller opened) on its rows. The input_data,
+    targets and initial_state placeholders hold the global batch; each replica reads its rows. cost is the
+    replicas' costs summed, final_state their final states, each in its rows: both what one process computes.
+    train_op runs every replica's step; grad_norm (the norm of the summed gradient, the same on every replica)
+    and lr are those of the first local replica.
     With several workers, train_op's value is how many of them asked to stop (stop_request, set by a
     signal) before the step: all see the same count, so all stop after the same step.
     """
 
-    def __init__(self, replicas, build, config):
+    def __init__(self, replicas, config, rnn_mode, precision):
         strategy = replicas.strategy
         self.batch_size, self.num_steps = config.batch_size, config.num_steps
         self.input_data = tf.placeholder(tf.int32, [self.batch_size, self.num_steps], name="input_data")
@@ -184,7 +254,7 @@ class ReplicatedModel:
         self.replicas = {}
         with strategy.scope():
             cost, final_state, grad_norm, train_op = strategy.extended.call_for_each_replica(
-                tf.autograph.experimental.do_not_convert(lambda: self.replica(build)))
+                tf.autograph.experimental.do_not_convert(lambda: self.replica(config, rnn_mode, precision)))
             self.cost = strategy.reduce(tf.distribute.ReduceOp.SUM, cost, axis=None)
             self.final_state = strategy.reduce(tf.distribute.ReduceOp.SUM, final_state, axis=None)
             self.grad_norm = strategy.experimental_local_results(grad_norm)[0]
@@ -202,18 +272,18 @@ class ReplicatedModel:
 
     assign_lr = PTBModel.assign_lr
 
-    def replica(self, build):
+    def replica(self, config, rnn_mode, precision):
         """Runs on each replica, on its device: its model, on its rows of the global batch."""
         context = tf.distribute.get_replica_context()
         index = int(tf.get_static_value(context.replica_id_in_sync_group))
-        rows = self.batch_size // context.num_replicas_in_sync
-        start, stop = index * rows, (index + 1) * rows
-        model = build(rows, Rows(self.input_data[start:stop], self.targets[start:stop],
-                                 self.initial_state[:, :, start:stop], start, self.batch_size))
+        size = self.batch_size // context.num_replicas_in_sync
+        rows = slice(index * size, (index + 1) * size)
+        inputs = self.input_data[rows], self.targets[rows], self.initial_state[:, :, rows]
+        model = ReplicaModel(rows, self.batch_size, inputs, config, rnn_mode, precision)
         self.replicas[index] = model
         # Its rows' final state in their place in the global batch, zeros elsewhere: summed over the replicas,
         # the whole batch's state (TensorFlow 1's strategies have no all-gather).
-        final_state = tf.pad(model.final_state, [[0, 0], [0, 0], [start, self.batch_size - stop], [0, 0]])
+        final_state = tf.pad(model.final_state, [[0, 0], [0, 0], [rows.start, self.batch_size - rows.stop], [0, 0]])
         return model.cost, final_state, model.grad_norm, model.train_op
 
 
@@ -230,7 +300,7 @@ def one_process_values(build):
             return dict(zip([v.op.name for v in variables], session.run(variables)))
 
 
-def take_the_chiefs(session, replicas, variables):
+def copy_from_the_chief(session, replicas, variables):
     """Every worker sets `variables` to the chief's values (its weights, or where its checkpoint was).
 
     An all-reduce sum across the workers, to which the chief gives its values and the others zeros."""
@@ -238,6 +308,23 @@ def take_the_chiefs(session, replicas, variables):
         values = [v.read_value() if replicas.chief else tf.zeros(v.shape, v.dtype.base_dtype) for v in variables]
         summed = [replicas.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in values]
         replicas.run_at_start(session, tf.group(*[v.assign(value) for v, value in zip(variables, summed)]))
+
+
+LOST = 4  # exit code: another worker of the cluster stopped or was lost
+
+
+@contextlib.contextmanager
+def stop_if_workers_are_lost(cluster, save_path):
+    """With several workers (cluster), a TensorFlow error inside the block (a worker died, hung or cannot be
+    reached) stops this one with one line and exit code LOST; save_path: this worker's (the chief's) or None."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        if cluster is None:
+            raise
+        kept = f"the last checkpoint in {save_path} is kept" if save_path else "worker 0 keeps the last checkpoint"
+        raise cli.Stop(f"lost touch with the other workers ({error_cause(e)}); {kept}: restart every worker with "
+                       "the same command to resume", LOST)
 
 
 def error_cause(error):
