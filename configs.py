@@ -13,17 +13,13 @@ longer schedule, 24 epochs: test perplexity 90.06 on this project's CPU (README.
 The learning rate stays at `learning_rate` for `max_epoch` epochs, then is
 multiplied by `lr_decay` once per epoch until `max_max_epoch`.
 
-FIELDS says what each field may hold; `check` applies it to every config a run builds (flags
-included) and to every config.json read back from a checkpoint folder.
+What each field may hold, and the check of every config a run builds or reads back: tools/ranges.py.
 """
-import math
-
 CELLS = ("lstm", "gru", "rnn")
 # How the graph runs them (model.py says what each is); here, beside the configs, so that the programs' flags can
 # name them without TensorFlow's import.
 RNN_MODES = ("basic", "block", "fast")
 PRECISIONS = ("fp32", "bf16", "fp16")
-FLOAT32_MAX = 3.4028234663852886e38  # a learning rate beyond it is inf inside the graph
 
 
 class Options:
@@ -117,75 +113,6 @@ def get_config(name):
     if name not in CONFIGS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(CONFIGS)}")
     return CONFIGS[name]()
-
-
-def from_dict(fields):
-    """A config from the fields a checkpoint's config.json holds; options it predates stay off."""
-    missing = sorted(k for k in vars(SmallConfig) if not k.startswith("_") and k not in fields)
-    if missing:
-        raise ValueError(f"no {', '.join(missing)} in the config")
-    config = Options()
-    for key, value in fields.items():
-        setattr(config, key, value)
-    check(config)
-    return config
-
-
-# The learning-rate schedule: a resumed run may change it (to train longer, say); nothing else.
-SCHEDULE = ("learning_rate", "max_epoch", "lr_decay", "max_max_epoch")
-
-
-def _probability(v):
-    return 0 < v <= 1
-
-
-# field: (kind, test, the allowed values in words). Kinds: integer, number (finite), bool, or a tuple of choices.
-FIELDS = {
-    "init_scale": ("number", lambda v: v > 0, "above 0"),
-    "learning_rate": ("number", lambda v: 0 <= v <= FLOAT32_MAX, "from 0 to 3.4e38"),
-    "max_grad_norm": ("number", lambda v: v > 0, "above 0"),
-    "num_layers": ("integer", lambda v: v >= 1, "of at least 1"),
-    "num_steps": ("integer", lambda v: v >= 1, "of at least 1"),
-    "hidden_size": ("integer", lambda v: v >= 1, "of at least 1"),
-    "max_epoch": ("integer", lambda v: v >= 0, "of at least 0"),
-    "max_max_epoch": ("integer", lambda v: v >= 0, "of at least 0"),
-    "keep_prob": ("number", _probability, "above 0 and at most 1"),
-    "lr_decay": ("number", lambda v: 0 < v <= FLOAT32_MAX, "above 0"),
-    "batch_size": ("integer", lambda v: v >= 1, "of at least 1"),
-    "vocab_size": ("integer", lambda v: v >= 2, "of at least 2"),
-    "cell": (CELLS, None, ""),
-    "embedding_size": ("integer", lambda v: v >= 1, "of at least 1 (or none: hidden_size)"),
-    "tie_embeddings": ("bool", None, ""),
-    "variational_dropout": ("bool", None, ""),
-    "state_keep_prob": ("number", _probability, "above 0 and at most 1"),
-    "word_keep_prob": ("number", _probability, "above 0 and at most 1"),
-}
-
-
-def field_error(name, value):
-    """What is wrong with `value` for field `name` (None: nothing), as 'give ...' advice."""
-    kind, test, allowed = FIELDS[name]
-    if value is None and name == "embedding_size":
-        return None
-    if isinstance(kind, tuple):
-        return None if value in kind else f"give one of {', '.join(kind)}"
-    if kind == "bool":
-        return None if isinstance(value, bool) else "give true or false"
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "integer":
-        ok = is_number and isinstance(value, int) and test(value)
-    else:
-        ok = is_number and math.isfinite(value) and test(value)
-    return None if ok else f"give {'an integer' if kind == 'integer' else 'a number'} {allowed}"
-
-
-def check(config):
-    """Raises ValueError naming the first field whose value is out of its range."""
-    for name in FIELDS:
-        value = getattr(config, name, None)
-        problem = field_error(name, value) if hasattr(config, name) else "missing"
-        if problem:
-            raise ValueError(f"{name}={value!r}: {problem}")
 
 
 def learning_rate(config, epoch):

@@ -83,7 +83,7 @@ if __name__ == "__main__":  # the command line is checked here, before TensorFlo
 # Only now what is slow to import: TensorFlow (through tf1, which most modules below import) and numpy.
 import numpy as np  # noqa: E402
 
-from tools import adapt, checkpoint, embeddings  # noqa: E402
+from tools import adapt, checkpoint, embeddings, ranges, tf1  # noqa: E402
 import reader  # noqa: E402
 from model import PTBModel, run_epoch  # noqa: E402
 from tools.tf1 import tf  # noqa: E402
@@ -210,7 +210,7 @@ def export(save_path, export_dir):
                                                  signature_def_map={"serving_default": signature})
             builder.save()
         except tf.errors.OpError as e:  # a full disk
-            raise OSError(0, checkpoint.error_summary(e), export_dir)
+            raise OSError(0, tf1.error_summary(e), export_dir)
         for name in (checkpoint.VOCAB, checkpoint.CONFIG):
             try:
                 shutil.copy(os.path.join(save_path, name), folder)
@@ -239,7 +239,7 @@ def input_lines():
 
 
 def check_top_k(vocab_size):
-    """--top_k's upper bound, the vocabulary's size, is known once the model is loaded (its lower: cli.RANGES)."""
+    """--top_k's upper bound, the vocabulary's size, is known once the model is loaded (its lower: tools/ranges.py)."""
     if FLAGS.top_k is not None and not 1 <= FLAGS.top_k <= vocab_size:
         raise UsageError(f"--top_k={FLAGS.top_k}: give a number from 1 to the vocabulary size, {vocab_size}")
 
@@ -343,7 +343,7 @@ def tuned_adaptation(lm):
         if name == "dynamic_rms":  # a file name, read as --dynamic_rms is
             problem = None if isinstance(value, str) and value else "give the training text's file name"
         else:  # dynamic_stat_words None: the whole text
-            problem = None if name == "dynamic_stat_words" and value is None else cli.range_error(name, value)
+            problem = None if name == "dynamic_stat_words" and value is None else ranges.problem(name, value)
         if problem:
             raise UsageError(f"{os.path.join(FLAGS.save_path, checkpoint.ADAPT)} holds {name}={value!r}: {problem}; "
                              "rerun lm.py tune")

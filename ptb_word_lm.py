@@ -82,7 +82,7 @@ import numpy as np  # noqa: E402
 
 import reader  # noqa: E402
 from model import PTBModel, check_options, run_epoch  # noqa: E402
-from tools import distribute, embeddings, runfolder, training  # noqa: E402
+from tools import distribute, embeddings, ranges, runfolder, training  # noqa: E402
 from tools.tf1 import tf  # noqa: E402
 
 
@@ -129,73 +129,76 @@ def train_and_test(run, m, mvalid, mtest, data, config, test_window, resume_from
 
 
 def main(argv):
+    """Everything the command line asks for is checked before any graph is built: the flags, the corpus, the
+    run's folder; then the models, and the loop."""
     del argv
     cluster = distribute.read_tf_config(os.environ.get("TF_CONFIG", ""))
-    save_path = FLAGS.save_path if cluster is None or cluster.index == 0 else None  # only the chief writes
+    chief = cluster is None or cluster.index == 0
+    save_path = FLAGS.save_path if chief else None  # only the chief writes
+    rnn_mode, precision = FLAGS.rnn_mode, "fp16" if FLAGS.use_fp16 else FLAGS.precision
     with runfolder.made(save_path):  # created now if missing, and removed again if the run saves nothing
         config = configs.get_config(FLAGS.model)
         for name in CONFIG_FLAGS:
             if FLAGS[name].present:
                 setattr(config, name, FLAGS[name].value)
-        data = load_data(config, FLAGS.data_path, FLAGS.max_vocab, FLAGS.train_words, cluster)
-        train(data, config, cluster, save_path)
+        check_options(config, rnn_mode)
+        distribute.check_replicas(FLAGS.replicas, config, rnn_mode, cluster)
+        if FLAGS.embedding_file:
+            reader.check_readable(FLAGS.embedding_file, "--embedding_file", "a GloVe text file")
+        data_path = FLAGS.data_path or reader.maybe_download(os.path.join(HERE, "data"))
+        data = load_data(data_path, config, FLAGS.max_vocab, FLAGS.train_words)
+
+        resume_from = save_path and runfolder.check(save_path, config, data.vocab, len(data.train))
+        seed = runfolder.seed(resume_from, FLAGS.seed, lambda: int(np.random.randint(2 ** 31)))
+        pretrained = None
+        if FLAGS.embedding_file and not resume_from and chief:
+            pretrained = load_pretrained(FLAGS.embedding_file, data.vocab, config.embedding_size or config.hidden_size)
+        if save_path:  # every input checked: from here on the folder is this run's (the chief's alone)
+            resume_from = runfolder.claim(save_path, config, data.vocab, len(data.train), FLAGS.model)
+        worker = f"worker {cluster.index} of {len(cluster.workers)}, " if cluster else ""
+        seed_used = seed if chief else "the chief's"
+        print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, {worker}seed: {seed_used}, "
+              f"vocabulary: {config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/"
+              f"{len(data.test)} words", flush=True)
+        if any(data.unknown.values()):
+            print("Outside the vocabulary, read as <unk>: " + ", ".join(f"{n} {split}" for split, n in
+                                                                        data.unknown.items()) + " words", flush=True)
+        replicas = None
+        if FLAGS.replicas > 1 or cluster:
+            replicas = distribute.Replicas(FLAGS.replicas, cluster, FLAGS.num_threads, FLAGS.worker_timeout)
+
+        start = time.time()
+        with distribute.stop_if_workers_are_lost(cluster, save_path), tf.Graph().as_default():
+            m, mvalid, mtest = create_models(config, rnn_mode, precision, seed, replicas)
+            run = training.TrainingRun(
+                m, mvalid, data, config, seed, save_path, replicas,
+                one_process_model=lambda: create_models(config, rnn_mode, precision, seed), pretrained=pretrained,
+                model_name=FLAGS.model, checkpoint_minutes=FLAGS.checkpoint_minutes, num_threads=FLAGS.num_threads)
+            train_and_test(run, m, mvalid, mtest, data, config, FLAGS.test_window, resume_from)
+        print(f"Wall time: {time.time() - start:.0f} s", flush=True)
 
 
-def load_data(config, data_path, max_vocab, train_words, cluster):
-    """The corpus, every flag and file checked before any graph is built; sets config.vocab_size.
-
-    The flags' ranges are checked by cli when they are parsed; here what only the corpus tells."""
-    check_options(config, FLAGS.rnn_mode)
-    distribute.check_replicas(FLAGS.replicas, config, FLAGS.rnn_mode, cluster)
-    if FLAGS.embedding_file:
-        reader.check_readable(FLAGS.embedding_file, "--embedding_file", "a GloVe text file")
-    data_path = data_path or reader.maybe_download(os.path.join(HERE, "data"))
+def load_data(data_path, config, max_vocab=None, train_words=None):
+    """The corpus, checked against the config (each text long enough for one window); sets config.vocab_size."""
     data = reader.load_ptb(data_path, max_vocab)
     train, valid, test = reader.split_paths(data_path)
     if train_words:
         data = data._replace(train=data.train[:train_words])
         train += f" (--train_words={train_words})"
     config.vocab_size = len(data.vocab)
-    configs.check(config)
+    ranges.check_config(config)
     reader.epoch_size(len(data.train), config.batch_size, config.num_steps, train)
     reader.epoch_size(len(data.valid), config.batch_size, config.num_steps, valid)
     reader.epoch_size(len(data.test), 1, 1, test)
     return data
 
 
-def train(data, config, cluster, save_path):
-    resume_from = save_path and runfolder.check(save_path, config, data.vocab, len(data.train))
-    rnn_mode, precision = FLAGS.rnn_mode, "fp16" if FLAGS.use_fp16 else FLAGS.precision
-    seed = runfolder.seed(resume_from, FLAGS.seed, lambda: int(np.random.randint(2 ** 31)))
-    chief = cluster is None or cluster.index == 0
-    pretrained = None
-    if FLAGS.embedding_file and not resume_from and chief:
-        pretrained = embeddings.load_glove(FLAGS.embedding_file, data.vocab, config.embedding_size or
-                                           config.hidden_size)
-        print(f"Embedding: {pretrained[1].sum()} of {len(data.vocab)} words ({pretrained[1].mean():.1%}) start "
-              f"from {FLAGS.embedding_file}", flush=True)
-    if save_path:  # every input checked: from here on the folder is this run's (the chief's alone)
-        resume_from = runfolder.claim(save_path, config, data.vocab, len(data.train), FLAGS.model)
-    worker = f"worker {cluster.index} of {len(cluster.workers)}, " if cluster else ""
-    seed_used = seed if chief else "the chief's"
-    print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, {worker}seed: {seed_used}, "
-          f"vocabulary: {config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/"
-          f"{len(data.test)} words", flush=True)
-    if any(data.unknown.values()):
-        print("Outside the vocabulary, read as <unk>: " + ", ".join(f"{n} {split}" for split, n in
-                                                                    data.unknown.items()) + " words", flush=True)
-    replicas = None
-    if FLAGS.replicas > 1 or cluster:
-        replicas = distribute.Replicas(FLAGS.replicas, cluster, FLAGS.num_threads, FLAGS.worker_timeout)
-    start = time.time()
-    with distribute.stop_if_workers_are_lost(cluster, save_path), tf.Graph().as_default():
-        m, mvalid, mtest = create_models(config, rnn_mode, precision, seed, replicas)
-        run = training.TrainingRun(
-            m, mvalid, data, config, seed, save_path, replicas,
-            one_process_model=lambda: create_models(config, rnn_mode, precision, seed), pretrained=pretrained,
-            model_name=FLAGS.model, checkpoint_minutes=FLAGS.checkpoint_minutes, num_threads=FLAGS.num_threads)
-        train_and_test(run, m, mvalid, mtest, data, config, FLAGS.test_window, resume_from)
-    print(f"Wall time: {time.time() - start:.0f} s", flush=True)
+def load_pretrained(path, vocab, size):
+    """GloVe vectors for the words of `vocab` that `path` holds: (vectors, found), which start their embedding rows."""
+    pretrained = embeddings.load_glove(path, vocab, size)
+    print(f"Embedding: {pretrained[1].sum()} of {len(vocab)} words ({pretrained[1].mean():.1%}) start from {path}",
+          flush=True)
+    return pretrained
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import secrets
 
 import numpy as np
 
-import configs
+from tools import ranges, tf1
 from tools.tf1 import tf
 
 CKPT, CONFIG, VOCAB, INDEX = "model.ckpt", "config.json", "vocab.txt", "checkpoint"
@@ -59,7 +59,7 @@ def save(session, saver, save_path, config, vocab, global_step=None):
     try:
         saver.save(session, os.path.join(save_path, CKPT), global_step=global_step)
     except tf.errors.OpError as e:  # a full disk: ResourceExhaustedError
-        raise OSError(0, error_summary(e), save_path)
+        raise OSError(0, tf1.error_summary(e), save_path)
     remove_older(save_path, saver.saver_def.max_to_keep)
 
 
@@ -101,15 +101,6 @@ def write_atomically(path, text):
     """The file appears whole or not at all: a failed write leaves the old one as it was."""
     with replacing(path) as tmp, open(tmp, "x", encoding="utf-8") as f:
         f.write(text)
-
-
-def error_summary(e):
-    """The line of a TensorFlow error that says what went wrong (the first, or the one after 'Original error:')."""
-    message = getattr(e, "message", str(e)).split("Original error:")[-1]
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    causes = [line.split(";")[-1].strip() for line in lines  # "PATH; No space left on device": the cause
-              if re.search("No space|Permission denied|Read-only|quota|Input/output", line)]
-    return (causes or lines or [e.__class__.__name__])[0][:200]
 
 
 def indexed(save_path):
@@ -164,7 +155,7 @@ def read_config(save_path):
     path = os.path.join(save_path, CONFIG)
     try:
         with open(path, encoding="utf-8") as f:
-            return configs.from_dict(json.load(f))
+            return ranges.config_from_fields(json.load(f))
     except (OSError, ValueError, TypeError, AttributeError) as e:  # JSONDecodeError and a bad field are ValueErrors
         raise CheckpointError(f"{path} is not a config this program wrote ({e}): keep the files of one "
                               "training run together")
@@ -221,7 +212,7 @@ def unreadable(prefix, e):
         what = "they may not be read; change their permissions"
     else:
         what = "the file is damaged; restore it"
-    return CheckpointError(f"cannot read the weights {prefix} ({error_summary(e)}): {what}, or give another "
+    return CheckpointError(f"cannot read the weights {prefix} ({tf1.error_summary(e)}): {what}, or give another "
                            "--save_path")
 
 

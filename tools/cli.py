@@ -1,8 +1,7 @@
 """What the programs (ptb_word_lm.py, lm.py, benchmark.py) share at their edge with the user.
 
-- Every flag's allowed values, checked when the command line is parsed: before TensorFlow is
-  imported (`parse_first`), so a mistyped flag ends the program at once, not seconds later.
-  Flags that set a config field take their range from configs.FIELDS; the others are in RANGES below.
+- Every flag's allowed values (tools/ranges.py), checked when the command line is parsed: before
+  TensorFlow is imported (`parse_first`), so a mistyped flag ends the program at once, not seconds later.
 - Errors the user can fix end the program with one line on stderr and exit code 2; a file
   that cannot be written ends it with one line and exit code 1: never a traceback.
 - SIGINT (Ctrl-C) and SIGTERM end it with one line and exit code 128 + the signal number.
@@ -58,37 +57,9 @@ import tempfile  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-import configs  # noqa: E402
+from tools import ranges  # noqa: E402
 
 USAGE, WRITE = 2, 1  # exit codes: a bad input; a failed write (full disk, permissions)
-
-# flag: (kind, test, the allowed values in words), for the flags that are not config fields.
-RANGES = {
-    "seed": ("integer", lambda v: 0 <= v < 2 ** 31, "from 0 to 2147483647"),
-    "max_vocab": ("integer", lambda v: v >= 3, "of at least 3 (<eos>, <unk> and one word)"),
-    "train_words": ("integer", lambda v: v >= 1, "of at least 1"),
-    "checkpoint_minutes": ("number", lambda v: v > 0, "above 0"),
-    "test_window": ("integer", lambda v: v >= 1, "of at least 1"),
-    "num_threads": ("integer", lambda v: 0 <= v <= 1024, "from 0 (one per core) to 1024"),
-    "replicas": ("integer", lambda v: 1 <= v <= 1024, "from 1 to 1024"),
-    "worker_timeout": ("number", lambda v: v > 0, "above 0"),
-    "steps": ("integer", lambda v: v >= 1, "of at least 1"),
-    "adapt_words": ("integer", lambda v: v == 0 or v >= 100, "of 0 (none) or at least 100 (lm.py eval's window)"),
-    "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
-    "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
-    "top_k": ("integer", lambda v: v >= 1, "of at least 1"),
-    # lm.py eval's test-time adaptation (adapt.py); lm.py eval --adapt=tuned checks adapt.json's values here too.
-    "cache_size": ("integer", lambda v: v >= 1, "of at least 1 (the positions the cache holds)"),
-    "cache_theta": ("number", lambda v: v >= 0, "of at least 0"),
-    "cache_lambda": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
-    "dynamic_lr": ("number", lambda v: 0 <= v <= configs.FLOAT32_MAX, "from 0 to 3.4e38"),
-    "dynamic_decay": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
-    "dynamic_window": ("integer", lambda v: v >= 1, "of at least 1"),
-    "dynamic_stat_words": ("integer", lambda v: v >= 2, "of at least 2 (a window and the word after it)"),
-    "dynamic_stat_batch": ("integer", lambda v: v >= 1, "of at least 1 (the rows read at once)"),
-    "dynamic_eps": ("number", lambda v: 0 < v <= configs.FLOAT32_MAX, "above 0 (rms is 0 where no gradient was seen)"),
-}
-
 
 @contextlib.contextmanager
 def signals_deferred():
@@ -125,27 +96,11 @@ def new_folder(path, flag):
         shutil.rmtree(top if created and not os.path.exists(path) else scratch, ignore_errors=True)
 
 
-def _in_range(value, test):
-    return value is None or (value == value and abs(value) != float("inf") and test(value))
-
-
-def _advice(kind, allowed):
-    return f"give {'an integer' if kind == 'integer' else 'a number'} {allowed}"
-
-
 def _check_ranges():
     """Registers a validator for each defined flag that has a range (absl runs them at parse time)."""
-    table = {**{k: v for k, v in configs.FIELDS.items() if v[1] is not None}, **RANGES}
-    for name, (kind, test, allowed) in table.items():
-        if name in flags.FLAGS:
-            flags.register_validator(name, lambda v, test=test: _in_range(v, test), message=_advice(kind, allowed))
-
-
-def range_error(name, value):
-    """What is wrong with `value` for the flag `name` of RANGES (None: nothing), for values read from a file."""
-    kind, test, allowed = RANGES[name]
-    number = isinstance(value, int if kind == "integer" else (int, float)) and not isinstance(value, bool)
-    return None if number and _in_range(value, test) else _advice(kind, allowed)
+    for name, (kind, test, _) in ranges.RANGES.items():
+        if test is not None and name in flags.FLAGS:
+            flags.register_validator(name, lambda v, name=name: ranges.in_range(name, v), message=ranges.advice(name))
 
 
 def _parse(argv):

@@ -29,8 +29,8 @@ import contextlib
 import json
 import threading
 
-from tools import cli
 from model import STATE_PARTS, PTBModel
+from tools import cli, tf1
 from tools.tf1 import session_config, tf
 
 Cluster = collections.namedtuple("Cluster", "workers index")
@@ -329,14 +329,10 @@ def stop_if_workers_are_lost(cluster, save_path):
 
 def error_cause(error):
     """What a TensorFlow error says went wrong between the workers ("Operation timed out.", "... Connection reset
-    by peer"): the first line after its "From /job:..." or "Graph execution error:" lines and its traceback."""
-    lines = [line.strip() for line in error.message.splitlines()]
-    noise = ("Graph execution error", "Detected at node", "File ", "Node:", "From /job", "[[")
-    causes = [line for line in lines if line and not line.startswith(noise) and not line.endswith(" defined at "
-                                                                                                   "(most recent call last):")]
+    by peer")."""
     if isinstance(error, tf.errors.DeadlineExceededError):
         return f"no answer in time, --worker_timeout or {START_TIMEOUT // 60} minutes at start"
-    return (causes or [error.__class__.__name__])[0][:200]
+    return tf1.error_summary(error)
 
 
 def load(session, strategy, values):

@@ -19,13 +19,14 @@ import fcntl
 import json
 import os
 
-import configs
-from tools import monitor
+from tools import monitor, ranges
 from tools.checkpoint import (CONFIG, RUN_FILES, VOCAB, CheckpointError, latest, read_config, read_vocab, unreadable,
                         write_atomically)
 from tools.tf1 import tf
 
 MARKER, LOCK, PROGRAM = "run.json", ".lock", "ptb_word_lm.py"
+# The learning-rate schedule: a resumed run may change it (to train longer, say); no other field of the config.
+SCHEDULE = ("learning_rate", "max_epoch", "lr_decay", "max_max_epoch")
 _held = {}  # {folder's real path: its lock file}: open, hence locked, until this process ends
 
 
@@ -159,8 +160,8 @@ def _check(save_path, config, vocab, train_words):
                               "restore the files, or give another --save_path")
     if CONFIG in have:
         saved = read_config(save_path)
-        for name in configs.FIELDS:
-            if name not in configs.SCHEDULE and getattr(saved, name) != getattr(config, name):
+        for name in ranges.CONFIG_FIELDS:
+            if name not in SCHEDULE and getattr(saved, name) != getattr(config, name):
                 raise CheckpointError(f"{save_path} holds a run with {name}={getattr(saved, name)!r}, the command "
                                       f"asks for {getattr(config, name)!r}: rerun that run's command, or give "
                                       "another --save_path")

@@ -8,6 +8,7 @@ why this has to happen in one place that is imported first.
 """
 import contextlib
 import os
+import re
 import warnings
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -46,3 +47,19 @@ warnings.filterwarnings("ignore", message=".* is deprecated and will be removed"
 def session_config(num_threads=0):
     """Threads for TensorFlow's ops inside one op and across ops; 0 means one per core."""
     return tf.ConfigProto(intra_op_parallelism_threads=num_threads, inter_op_parallelism_threads=num_threads)
+
+
+# What a TensorFlow error's message wraps around its cause: the graph's and the node's names, a traceback.
+FRAMING = ("Graph execution error", "Detected at node", "File ", "Node:", "From /job", "[[")
+FILE_SYSTEM = "No space|Permission denied|Read-only|quota|Input/output"
+
+
+def error_summary(error):
+    """The line of a TensorFlow error that says what went wrong, at most 200 characters: the file system's cause
+    where one is named ("PATH; No space left on device" -> "No space left on device"), else its first line that
+    is not framing (the node, the graph, the traceback)."""
+    message = getattr(error, "message", str(error)).split("Original error:")[-1]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    causes = [line.split(";")[-1].strip() for line in lines if re.search(FILE_SYSTEM, line)]
+    lines = [line for line in lines if not line.startswith(FRAMING) and not line.endswith("(most recent call last):")]
+    return (causes or lines or [error.__class__.__name__])[0][:200]
