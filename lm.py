@@ -420,8 +420,7 @@ def run_tune(lm, rms):
     rms: {} or the RMS form's fixed settings (--dynamic_rms=FILE ...), to search that form too."""
     valid, test = read_ids(lm, FLAGS.valid, "--valid"), read_ids(lm, FLAGS.input)
     adapted, rms_passes = adapter(lm, rms), ""
-    if rms:
-        rms["dynamic_rms"] = os.path.abspath(rms["dynamic_rms"])  # adapt.json is read from any folder
+    if rms:  # adapt.json keeps --dynamic_rms as given: eval --adapt=tuned reads a relative one from where it runs
         longest = max(adapt.RMS_SEARCH.window, *adapt.RMS_SEARCH.windows)
         problem = adapted.statistics_problem(longest)  # refused now, not after the hours of the searches before
         if problem:
