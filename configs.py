@@ -8,7 +8,7 @@
 | test   | 1      | 2     | 2     | 1.0          | (a smoke test)              |
 
 small_tied, beyond the paper: the small size with tied embeddings, variational dropout and a
-longer schedule, 24 epochs: test perplexity 90.06 on this project's CPU (README.md, results/small-tied.log).
+longer schedule, 24 epochs: test perplexity 90.06 on this project's CPU (docs/reproducing.md, results/small-tied.log).
 
 The learning rate stays at `learning_rate` for `max_epoch` epochs, then is
 multiplied by `lr_decay` once per epoch until `max_max_epoch`.

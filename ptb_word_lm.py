@@ -12,7 +12,7 @@
 | large  | 55     | 37.87     | 82.62     |  78.29  (78.4)   |  78.65 (38.01 / 82.57)        |
 
 (the TensorFlow tutorial's numbers, and this code's in the default mode, --seed=1, on 2 cores of an
-AVX-512 AMD EPYC: README.md has the commands, logs and times; large with --seed=2,
+AVX-512 AMD EPYC: docs/reproducing.md has the commands, logs and times; large with --seed=2,
 as seed 1 stops learning in its first minutes.)
 
 With --save_path the run can be stopped (Ctrl-C, SIGTERM) and resumed by rerunning the same

@@ -183,7 +183,7 @@ class Adapter:
         With statistics, the dict also holds {("rms", decayed): the RMS form's update}.
 
         rnn_mode fast: BlockLSTM's forward, and a gradient that steps back doing only the recurrence per
-        step (model.fast_block_lstm); unrolled when num_steps is known, a tf.while_loop otherwise.
+        step (kernels.fast_block_lstm); unrolled when num_steps is known, a tf.while_loop otherwise.
         """
         if num_steps not in self.steppers:
             with self.lm.graph.as_default():
