@@ -71,6 +71,9 @@ flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per
 flags.DEFINE_integer("replicas", 1, "Split each training batch over this many devices of this machine (its GPUs, "
                      "else logical CPU devices), synchronously: the same numbers as one (distribute.py). With "
                      "TF_CONFIG naming several workers, the replicas of each worker: its GPUs, or 1.")
+flags.DEFINE_float("max_cell_state", 1000, "The guard: a run whose LSTM cell state goes beyond this in the first "
+                   "tenth of epoch 1 stopped learning (a saturated cell); without --seed it starts again with "
+                   "another seed, with --seed it stops (exit 3). 0: no such check (docs/reproducing.md).")
 flags.DEFINE_float("worker_timeout", 120, "With TF_CONFIG (several workers): a worker stops when a step waits this "
                    "many seconds for the others (at start it waits 10 minutes for them).")
 FLAGS = flags.FLAGS
@@ -82,8 +85,10 @@ import numpy as np  # noqa: E402
 
 import reader  # noqa: E402
 from model import PTBModel, check_options, run_epoch  # noqa: E402
-from tools import distribute, embeddings, ranges, runfolder, training  # noqa: E402
+from tools import distribute, embeddings, guard, ranges, runfolder, training  # noqa: E402
 from tools.tf1 import tf  # noqa: E402
+
+MAX_ATTEMPTS = 5  # seeds tried, without --seed, before a run whose LSTM keeps stopping to learn gives up
 
 
 def create_models(config, rnn_mode, precision, seed, replicas=None):
@@ -149,7 +154,7 @@ def main(argv):
         data = load_data(data_path, config, FLAGS.max_vocab, FLAGS.train_words)
 
         resume_from = save_path and runfolder.check(save_path, config, data.vocab, len(data.train))
-        seed = runfolder.seed(resume_from, FLAGS.seed, lambda: int(np.random.randint(2 ** 31)))
+        seed = runfolder.seed(resume_from, FLAGS.seed, draw_seed)
         pretrained = None
         if FLAGS.embedding_file and not resume_from and chief:
             pretrained = load_pretrained(FLAGS.embedding_file, data.vocab, config.embedding_size or config.hidden_size)
@@ -168,14 +173,36 @@ def main(argv):
             replicas = distribute.Replicas(FLAGS.replicas, cluster, FLAGS.num_threads, FLAGS.worker_timeout)
 
         start = time.time()
-        with distribute.stop_if_workers_are_lost(cluster, save_path), tf.Graph().as_default():
-            m, mvalid, mtest = create_models(config, rnn_mode, precision, seed, replicas)
-            run = training.TrainingRun(
-                m, mvalid, data, config, seed, save_path, replicas,
-                one_process_model=lambda: create_models(config, rnn_mode, precision, seed), pretrained=pretrained,
-                model_name=FLAGS.model, checkpoint_minutes=FLAGS.checkpoint_minutes, num_threads=FLAGS.num_threads)
-            train_and_test(run, m, mvalid, mtest, data, config, FLAGS.test_window, resume_from)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with distribute.stop_if_workers_are_lost(cluster, save_path), tf.Graph().as_default():
+                    m, mvalid, mtest = create_models(config, rnn_mode, precision, seed, replicas)
+                    run = training.TrainingRun(
+                        m, mvalid, data, config, seed, save_path, replicas,
+                        one_process_model=lambda: create_models(config, rnn_mode, precision, seed),
+                        pretrained=pretrained, model_name=FLAGS.model, checkpoint_minutes=FLAGS.checkpoint_minutes,
+                        num_threads=FLAGS.num_threads, max_cell_state=FLAGS.max_cell_state or None)
+                    train_and_test(run, m, mvalid, mtest, data, config, FLAGS.test_window, resume_from)
+                break
+            except guard.StoppedLearning as e:
+                run.abandon()  # its summaries; it saved no checkpoint
+                chosen = FLAGS.seed is not None or resume_from or cluster  # a seed the user (or the run) chose
+                if chosen or attempt == MAX_ATTEMPTS:
+                    advice = "choose another --seed" if not resume_from else "start again in another --save_path"
+                    tried = f"{attempt} seeds tried; " if attempt > 1 else ""
+                    raise cli.Stop(f"{e}; {tried}seed {seed} does this on this CPU: {advice} (or "
+                                   "--max_cell_state=0 to train it all the same)", guard.DIVERGED)
+                if save_path:
+                    runfolder.record_abandoned_seed(save_path, seed)
+                abandoned, seed = seed, draw_seed()
+                print(f"Seed {abandoned} stopped learning at epoch 1, step {e.step} (a cell state of "
+                      f"{e.value:.6g}, beyond --max_cell_state={e.limit:g}): starting again with seed {seed}",
+                      flush=True)
         print(f"Wall time: {time.time() - start:.0f} s", flush=True)
+
+
+def draw_seed():
+    return int(np.random.randint(2 ** 31))
 
 
 def load_data(data_path, config, max_vocab=None, train_words=None):

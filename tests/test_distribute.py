@@ -47,7 +47,8 @@ with tf.Graph().as_default():
 run.start(None)  # with several workers, every worker takes the chief's weights and seed
 m.assign_lr(run.session, 1.0)
 losses = []
-run_epoch(run.session, m, data.train, m.train_op, on_step=lambda position, vals, epoch_size: losses.append(vals["cost"]))
+run_epoch(run.session, m, data.train, m.train_op,
+          on_step=lambda position, vals, epoch_size: losses.append(vals["cost"]))
 with run.graph.as_default():
     weights = dict(zip([v.op.name for v in tf.trainable_variables()], run.session.run(tf.trainable_variables())))
 np.savez(out, losses=np.array(losses), **weights)

@@ -85,8 +85,8 @@ def check_replicas(replicas, config, rnn_mode, cluster=None):
                          f"the batch; use a replica count that divides {config.batch_size}")
     gpus = len(tf.config.list_physical_devices("GPU"))
     if cluster and replicas != max(gpus, 1):
-        raise ValueError(f"--replicas={replicas}: with TF_CONFIG each worker runs one replica per GPU, and on a machine "
-                         f"without GPUs one replica (MultiWorkerMirroredStrategy); this one has {gpus} GPUs, so give "
+        raise ValueError(f"--replicas={replicas}: with TF_CONFIG each worker runs one replica per GPU, and on a "
+                         f"machine without GPUs one replica (MultiWorkerMirroredStrategy); this one has {gpus} GPUs, so give "
                          f"--replicas={max(gpus, 1)} (CUDA_VISIBLE_DEVICES chooses the GPUs)")
     if 0 < gpus < replicas:
         raise ValueError(f"--replicas={replicas}: this machine has {gpus} GPUs; give at most {gpus}")

@@ -4,6 +4,7 @@
     metrics.jsonl           one JSON line per epoch: learning rate, perplexities, words/s
     perplexity.png          train and valid perplexity by epoch, redrawn after every epoch
 """
+import glob
 import json
 import os
 import threading
@@ -12,7 +13,7 @@ import time
 from tools import checkpoint
 from tools.tf1 import tf
 
-METRICS, PLOT = "metrics.jsonl", "perplexity.png"
+METRICS, PLOT, EVENTS = "metrics.jsonl", "perplexity.png", "events.out.tfevents.*"
 
 
 def quiet_summary_thread_errors():
@@ -38,6 +39,7 @@ class RunLog:
         self.writer = None
         if save_path:
             quiet_summary_thread_errors()
+            self.events_before = set(glob.glob(os.path.join(save_path, EVENTS)))
             self.writer = tf.summary.FileWriter(save_path)
 
     def scalars(self, step, **values):
@@ -79,6 +81,14 @@ class RunLog:
     def close(self):
         if self.writer:
             self.flush(self.writer.close)
+
+    def discard(self):
+        """Closes the summaries and removes the TensorBoard files this RunLog wrote (metrics.jsonl and the plot
+        are written at epoch ends only: a run discarded inside its first epoch wrote none)."""
+        if self.writer:
+            self.writer.close()
+            for path in set(glob.glob(os.path.join(self.save_path, EVENTS))) - self.events_before:
+                os.remove(path)
 
 
 def read_metrics(save_path):

@@ -50,6 +50,7 @@ RANGES = {
     "num_threads": ("integer", lambda v: 0 <= v <= 1024, "from 0 (one per core) to 1024"),
     "replicas": ("integer", lambda v: 1 <= v <= 1024, "from 1 to 1024"),
     "worker_timeout": ("number", lambda v: v > 0, "above 0"),
+    "max_cell_state": ("number", lambda v: v >= 0, "of at least 0 (0: no check)"),
     # benchmark.py
     "steps": ("integer", lambda v: v >= 1, "of at least 1"),
     "adapt_words": ("integer", lambda v: v == 0 or v >= 100, "of 0 (none) or at least 100 (lm.py eval's window)"),

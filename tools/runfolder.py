@@ -1,7 +1,8 @@
 """A training run's folder (--save_path): owned by one training at a time, and known by what a run wrote.
 
     runs/small/run.json   written when a run takes the folder, before any of its other files: who wrote it,
-                          the config's name, and how many training words make an epoch
+                          the config's name, how many training words make an epoch, and the seeds it
+                          abandoned because their LSTM stopped learning (guard.py), if any
     runs/small/.lock      an empty file, locked (fcntl.flock) by the training writing the folder for its life
     ...                   the checkpoint (checkpoint.py) and what the run is watched by (monitor.py)
 
@@ -47,9 +48,19 @@ def claim(save_path, config, vocab, train_words, model):
     _held[os.path.realpath(save_path)] = _lock(save_path)
     prefix, marker = _check(save_path, config, vocab, train_words)
     if not (prefix and marker):
-        write_atomically(os.path.join(save_path, MARKER), json.dumps(
-            {"written_by": PROGRAM, "model": model, "train_words": train_words}, indent=2) + "\n")
+        record = {"written_by": PROGRAM, "model": model, "train_words": train_words}
+        if marker and marker.get("model") == model and marker.get("abandoned_seeds"):
+            record["abandoned_seeds"] = marker["abandoned_seeds"]  # a rerun of a run that saved nothing yet
+        write_atomically(os.path.join(save_path, MARKER), json.dumps(record, indent=2) + "\n")
     return prefix
+
+
+def record_abandoned_seed(save_path, seed):
+    """Adds `seed` to run.json's abandoned_seeds: a seed whose LSTM stopped learning, which the run left for
+    another (none of its steps is in the folder)."""
+    marker = read_marker(save_path)
+    marker["abandoned_seeds"] = marker.get("abandoned_seeds", []) + [seed]
+    write_atomically(os.path.join(save_path, MARKER), json.dumps(marker, indent=2) + "\n")
 
 
 def _lock(save_path):

@@ -59,10 +59,11 @@ class TrainingRun:
     """
 
     def __init__(self, m, mvalid, data, config, seed, save_path=None, replicas=None, one_process_model=None,
-                 pretrained=None, model_name=None, checkpoint_minutes=10, num_threads=0):
+                 pretrained=None, model_name=None, checkpoint_minutes=10, num_threads=0, max_cell_state=None):
         self.m, self.mvalid, self.data, self.config, self.seed = m, mvalid, data, config, seed
         self.save_path, self.replicas, self.pretrained = save_path, replicas, pretrained
         self.one_process_model, self.num_threads = one_process_model, num_threads
+        self.max_cell_state = max_cell_state  # None: the guard does not check that the LSTM learns
         self.checkpoint_seconds = 60 * checkpoint_minutes
         self.graph = tf.get_default_graph()
         with tf.variable_scope("Model"):
@@ -147,11 +148,16 @@ class TrainingRun:
     def after_step(self, position, vals, epoch_size):
         """Between two training steps: the divergence guard, progress lines, checkpoints, signals."""
         self.guard.check_step(vals["cost"], self.m.num_steps, vals["grad_norm"], self.epoch, position.step)
+        checking = self.max_cell_state is not None and self.guard.checks_learning(self.epoch, position.step,
+                                                                                  epoch_size)
+        if checking:
+            self.guard.check_learning(position.state, position.step, self.max_cell_state)
         if self.progress.due(position.step, epoch_size):
             wps, perplexity = self.progress.print(position, epoch_size)
             self.log.scalars(self.session.run(self.global_step), train_loss=math.log(perplexity),
                              learning_rate=self.session.run(self.m.lr), words_per_second=wps)
-        if self.save_path and time.time() - self.last_save > self.checkpoint_seconds:
+        # No periodic checkpoint while the guard still checks that the LSTM learns: a run it abandons leaves none.
+        if self.save_path and time.time() - self.last_save > self.checkpoint_seconds and not checking:
             self.save(self.epoch, position)
         self.stop_if_signalled(self.epoch, position.step, position, vals["train_op"])
 
@@ -182,6 +188,13 @@ class TrainingRun:
         """The test perplexity into the summaries and metrics; the summaries closed."""
         self.log.test(self.session.run(self.global_step), test_perplexity)
         self.log.close()
+
+    def abandon(self):
+        """Closes the session and the summaries, and removes the TensorBoard file this run wrote: an attempt the
+        guard stopped in its first steps (nothing else of it is saved)."""
+        self.log.discard()
+        if self.session is not None:
+            self.session.close()
 
     def save(self, epoch, position):
         """A checkpoint, of sound weights only: finite, and with a finite loss on a window of validation text."""
