@@ -433,7 +433,7 @@ def run_tune(lm, rms):
     # What the results depend on (the statistics text by its ids, not its path): the same, and the results are read
     identity = {"sha256": adapted.digest(valid, test, adapted.statistics or []), "grids": adapt.GRIDS,
                 **{k: rms[k] for k in ("dynamic_stat_batch", "dynamic_eps") if k in rms}}
-    progress = adapt.Progress(FLAGS.save_path, identity)
+    progress = adapt.TuneProgress(FLAGS.save_path, identity)
     if progress.done:
         print(f"Resuming: what an earlier run of this tune measured is in {progress.path}", flush=True)
     elif progress.foreign:

@@ -88,7 +88,7 @@ from model import PTBModel, check_options, run_epoch  # noqa: E402
 from tools import distribute, embeddings, guard, ranges, runfolder, training  # noqa: E402
 from tools.tf1 import tf  # noqa: E402
 
-MAX_ATTEMPTS = 5  # seeds tried, without --seed, before a run whose LSTM keeps stopping to learn gives up
+MAX_ATTEMPTS = 20  # seeds tried, without --seed, before a run whose LSTM keeps stopping to learn gives up
 
 
 def create_models(config, rnn_mode, precision, seed, replicas=None):

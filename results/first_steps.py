@@ -6,8 +6,9 @@ Builds the training graph as ptb_word_lm.py builds it (the same seed, so the sam
 masks, and the default rnn_mode and precision unless given) and trains on the start of ptb.train.txt (PTB_DATA,
 default ../shared/data/ptb). Prints, for each seed, every --every steps: the window's loss per word, the mean
 loss per word since the first step (the running train loss, whose exp is the perplexity the progress lines
-print), and the largest |value| of the carried state per layer (the cell state c for the LSTM, h otherwise).
-A summary line per seed ends its block. The data behind the stop-learning check of ptb_word_lm.py.
+print), the largest |value| of the carried state per layer (the cell state c for the LSTM, h otherwise) after
+that step, and the largest after any step so far ("peak"). The data behind the stop-learning check of
+ptb_word_lm.py (tools/guard.py, --max_cell_state).
 """
 import argparse
 import math
@@ -40,7 +41,7 @@ def first_steps(data, config, seed, steps, every, rnn_mode, precision):
             session.run(tf.global_variables_initializer())
             session.run(seed_var.assign(seed))
             m.assign_lr(session, config.learning_rate)
-            state, total, start = None, 0.0, time.time()
+            state, total, start, peak = None, 0.0, time.time(), np.zeros(config.num_layers)
             for i, (x, y) in enumerate(reader.ptb_iterator(data.train, config.batch_size, config.num_steps)):
                 if i == steps:
                     break
@@ -50,10 +51,12 @@ def first_steps(data, config, seed, steps, every, rnn_mode, precision):
                 cost, state, _ = session.run([m.cost, m.final_state, m.train_op], feed)
                 loss = cost / config.num_steps
                 total += loss
+                peak = np.maximum(peak, np.abs(state[:, 0]).max(axis=(1, 2)))
                 if (i + 1) % every == 0 or i + 1 == steps:
                     carried = " ".join(f"{np.abs(state[l, 0]).max():9.3f}" for l in range(config.num_layers))
+                    peaks = " ".join(f"{p:9.3f}" for p in peak)
                     print(f"{config.name} seed {seed:3d} step {i + 1:4d} loss {loss:8.4f} mean {total / (i + 1):8.4f} "
-                          f"max|state| per layer {carried}   ({time.time() - start:.0f} s)", flush=True)
+                          f"max|state| per layer {carried} peak {peaks}   ({time.time() - start:.0f} s)", flush=True)
 
 
 def main():

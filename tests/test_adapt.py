@@ -520,12 +520,12 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
         os.makedirs(folder)
         with pytest.raises(KeyboardInterrupt):
             adapt.tune(adapt.Adapter(model, statistics), valid, test, stop_at(stop, first), rms,
-                       adapt.Progress(folder, identity))
+                       adapt.TuneProgress(folder, identity))
         again = adapt.Adapter(model, statistics)
         assert again.load_statistics(os.path.join(folder, checkpoint.ADAPT_RMS)) == kept
         dynamic_pass = again.dynamic_pass
         again.dynamic_pass = lambda *args, **kwargs: calls.append(args[1:]) or dynamic_pass(*args, **kwargs)
-        resumed = adapt.tune(again, valid, test, second.append, rms, adapt.Progress(folder, identity))
+        resumed = adapt.tune(again, valid, test, second.append, rms, adapt.TuneProgress(folder, identity))
         before_stop = [line.split(" (")[0] for line in first if line.startswith("dynamic")]
         assert [line.split(" (")[0] for line in second if line.startswith("dynamic")][:len(before_stop)] == before_stop
         reran = any(line.startswith("both: the pass of") for line in second)
@@ -539,8 +539,8 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
                     assert resumed[method][k] == (pytest.approx(v, rel=1e-5) if isinstance(v, float) else v), \
                         (stop, method, k)
     # Another identity (weights, texts, settings or grids): nothing is read back, and the file is said to be another's.
-    assert adapt.Progress(folder, identity).done
-    other = adapt.Progress(folder, {**identity, "dynamic_eps": 0.001})
+    assert adapt.TuneProgress(folder, identity).done
+    other = adapt.TuneProgress(folder, {**identity, "dynamic_eps": 0.001})
     assert other.done == {} and other.foreign
 
 
@@ -557,7 +557,7 @@ def test_a_stop_during_the_first_pass_at_a_window_keeps_its_statistics(trained, 
     adapter.dynamic_pass = stopped
     with pytest.raises(KeyboardInterrupt):
         adapt.search_dynamic(adapter, valid, None, adapt.RMS_SEARCH, lambda line: None, eps=0.002,
-                             progress=adapt.Progress(str(tmp_path), {"sha256": "the same"}))
+                             progress=adapt.TuneProgress(str(tmp_path), {"sha256": "the same"}))
     path = os.path.join(tmp_path, checkpoint.ADAPT_RMS)
     assert adapt.Adapter(model, statistics).load_statistics(path) == [adapt.RMS_SEARCH.window]
 

@@ -212,15 +212,23 @@ def test_fast_mode_with_any_batch_size():
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
 
 
-def test_fast_mode_in_fp16():
-    """BlockLSTM and LSTMBlockCellGrad in half precision: the gradient stays close to block's in fp16."""
-    config = tiny()
+def evaluation_models(config, *variants):
+    """A graph with a PTBModel(False, config, 4, 5, rnn_mode, precision) per (rnn_mode, precision) variant, sharing
+    one set of variables (built in the graph before the caller adds to it)."""
     graph = tf.Graph()
     with graph.as_default():
         models = []
-        for i, mode in enumerate(("block", "fast")):
+        for i, (mode, precision) in enumerate(variants):
             with tf.variable_scope("Model", reuse=i > 0, initializer=tf.random_uniform_initializer(-0.5, 0.5)):
-                models.append(PTBModel(False, config, 4, 5, mode, "fp16"))
+                models.append(PTBModel(False, config, 4, 5, mode, precision))
+    return graph, models
+
+
+def test_fast_mode_in_fp16():
+    """BlockLSTM and LSTMBlockCellGrad in half precision: the gradient stays close to block's in fp16."""
+    config = tiny()
+    graph, models = evaluation_models(config, ("block", "fp16"), ("fast", "fp16"))
+    with graph.as_default():
         grads = [[tf.convert_to_tensor(g) for g in tf.gradients(m.cost, tf.trainable_variables())] for m in models]
         session = tf.Session(graph=graph)
         session.run(tf.global_variables_initializer())
@@ -235,12 +243,8 @@ def test_fast_mode_in_fp16():
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_other_cells_in_fast_mode_are_block_mode(cell):
     config = tiny(cell=cell)
-    graph = tf.Graph()
+    graph, models = evaluation_models(config, ("block", "fp32"), ("fast", "fp32"))
     with graph.as_default():
-        models = []
-        for i, mode in enumerate(("block", "fast")):
-            with tf.variable_scope("Model", reuse=i > 0, initializer=tf.random_uniform_initializer(-0.5, 0.5)):
-                models.append(PTBModel(False, config, 4, 5, mode))
         session = tf.Session(graph=graph)
         session.run(tf.global_variables_initializer())
     x, y = random_batch(config, 4, 5)
@@ -259,12 +263,8 @@ def test_bf16_fast_gradient_stays_close_to_fp32():
     """Under bf16 the backward's matmuls (dx, d kernel, the per-step recurrent one) take bf16 inputs: close to
     fp32, not equal."""
     config = tiny()
-    graph = tf.Graph()
+    graph, models = evaluation_models(config, ("fast", "fp32"), ("fast", "bf16"))
     with graph.as_default():
-        models = []
-        for i, precision in enumerate(("fp32", "bf16")):
-            with tf.variable_scope("Model", reuse=i > 0, initializer=tf.random_uniform_initializer(-0.5, 0.5)):
-                models.append(PTBModel(False, config, 4, 5, "fast", precision))
         lstm_variables = [v for v in tf.trainable_variables() if "/RNN/" in v.op.name]
         grads = [tf.gradients(m.cost, lstm_variables + [m.initial_state]) for m in models]
         session = tf.Session(graph=graph)

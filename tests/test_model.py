@@ -75,8 +75,8 @@ def test_final_state_carries_into_the_next_window(rnn_mode):
     assert cost1 + cost2 == pytest.approx(cost, rel=1e-5)
 
 
-@pytest.mark.parametrize("cell, state_parts, variables_a_layer", [("lstm", 2, 2), ("gru", 1, 4)])
-def test_basic_and_block_modes_compute_the_same_loss_and_gradients(cell, state_parts, variables_a_layer):
+@pytest.mark.parametrize("cell, state_parts, variables_per_layer", [("lstm", 2, 2), ("gru", 1, 4)])
+def test_basic_and_block_modes_compute_the_same_loss_and_gradients(cell, state_parts, variables_per_layer):
     """BlockLSTM against BasicLSTMCell, GRUBlockCell against GRUCell: same variables, same numbers."""
     config = TinyConfig()
     config.cell = cell
@@ -90,7 +90,7 @@ def test_basic_and_block_modes_compute_the_same_loss_and_gradients(cell, state_p
                             for m, g in zip((basic, block), gradients))
     assert got_basic[0] == pytest.approx(got_block[0], rel=1e-6)
     np.testing.assert_allclose(got_basic[1], got_block[1], rtol=1e-5, atol=1e-6)
-    assert len(got_basic[2]) == 3 + variables_a_layer * config.num_layers  # + embedding, softmax w and b
+    assert len(got_basic[2]) == 3 + variables_per_layer * config.num_layers  # + embedding, softmax w and b
     for g_basic, g_block in zip(got_basic[2], got_block[2]):
         np.testing.assert_allclose(g_basic, g_block, rtol=1e-4, atol=1e-6)
 

@@ -80,7 +80,7 @@ SGD_SEARCH = Search("dynamic", (0.001, 0.003, 0.01, 0.03, 0.1, 0.3), 20, (10, 35
 # The RMS form's step g / (rms + eps) is about 1 a weight where plain SGD's is g: its rates are 100 times smaller
 # (on small the best valid was 5e-4 at 5 words, 1e-3 at 10, results/small-adapt-rms.txt).
 RMS_SEARCH = Search("dynamic_rms", (1e-4, 3e-4, 1e-3, 3e-3), 10, (5, 20), (0.003, 0.01, 0.03))
-HOPELESS = math.log(1.1)  # a grid's dynamic pass stops once it is 10% worse than static past a quarter of the text
+GIVE_UP_MARGIN = math.log(1.1)  # a grid's dynamic pass stops once it is 10% worse than static past a quarter of the text
 
 
 def perplexity(log_p):
@@ -328,15 +328,15 @@ class Adapter:
         self.loaded.update(gathered)
         return sorted(gathered)
 
-    def carried(self, ids, rows, window, parts, fetches=None, feed=None, keep_remainder=False):
+    def carried(self, ids, rows, window, model_and_op, fetches=None, feed=None, keep_remainder=False):
         """Runs the windows of ids cut into `rows` rows (reader.ptb_iterator), the LSTM state carried from each
         window to the next; yields what each fetched.
 
-        parts(length) -> (model, an op to run with the window, or None); fetches(model): more to fetch.
+        model_and_op(length) -> (model, an op to run with the window, or None); fetches(model): more to fetch.
         """
         state = None
         for x, y in reader.ptb_iterator(ids, rows, window, keep_remainder=keep_remainder):
-            model, op = parts(x.shape[1])
+            model, op = model_and_op(x.shape[1])
             wanted = {**(fetches(model) if fetches else {}), "state": model.final_state}
             if op is not None:
                 wanted["op"] = op
@@ -347,10 +347,10 @@ class Adapter:
             state = got["state"]
             yield got
 
-    def read(self, ids, window, parts, hidden=False, feed=None, reference=None):
+    def read(self, ids, window, model_and_op, hidden=False, feed=None, reference=None):
         """One pass over ids as lm.py eval reads them: windows of `window` words, the last shorter, state carried.
 
-        parts(length) -> (model, an op to run with the window, or None). Returns log p(target) at every
+        model_and_op(length) -> (model, an op to run with the window, or None). Returns log p(target) at every
         position, float64 [len(ids) - 1], and with hidden the top layer's output there [len(ids) - 1, size].
         The pass stops at a non-finite loss, or, given reference (another pass's log p), once past a quarter
         of the text it is more than 10% worse than that: the rest is scored -inf, no hidden states.
@@ -360,7 +360,7 @@ class Adapter:
 
         log_p, outputs = [], []
         done, total, total_reference = 0, 0.0, 0.0
-        for got in self.carried(ids, 1, window, parts, fetches, feed, keep_remainder=True):
+        for got in self.carried(ids, 1, window, model_and_op, fetches, feed, keep_remainder=True):
             log_p.append(-got["losses"][0].astype(np.float64))
             if hidden:
                 outputs.append(got["hidden"][0])
@@ -369,7 +369,7 @@ class Adapter:
                 total_reference += reference[done:done + len(log_p[-1])].sum()
             done += len(log_p[-1])
             if not math.isfinite(total) or (reference is not None and done >= len(reference) / 4
-                                            and (total_reference - total) / done > HOPELESS):
+                                            and (total_reference - total) / done > GIVE_UP_MARGIN):
                 return np.concatenate(log_p + [np.full(len(ids) - 1 - done, -np.inf)]), None
         return np.concatenate(log_p), np.concatenate(outputs) if hidden else None
 
@@ -387,13 +387,13 @@ class Adapter:
             self.gather_statistics(window)
             feed[self.eps] = eps
 
-        def parts(length):  # the windows' graph; the last, shorter window's takes any length
+        def model_and_op(length):  # the windows' graph; the last, shorter window's takes any length
             model, updates = self.stepper(window if length == window else None)
             return model, updates[decay > 0] if eps is None else updates["rms", decay > 0]
 
         self.session.run(self.back_to_trained)
         try:
-            return self.read(ids, window, parts, hidden, feed, reference)
+            return self.read(ids, window, model_and_op, hidden, feed, reference)
         finally:
             self.session.run(self.back_to_trained)
 
@@ -452,8 +452,8 @@ def search_cache(log_p, hidden, targets, label, say):
 def search_dynamic(adapter, ids, reference, search, say, eps=None, progress=None):
     """The settings of one dynamic form (the plain one, or with eps the RMS one) with the lowest perplexity on ids,
     and (log p, h) of that pass, or None if it was measured in an earlier sitting: search.passes passes, those
-    clearly worse than `reference` (static) cut short, each kept in `progress` (a Progress) as it ends."""
-    progress = progress or Progress()
+    clearly worse than `reference` (static) cut short, each kept in `progress` (a TuneProgress) as it ends."""
+    progress = progress or TuneProgress()
     results, kept = {}, {}
 
     def trial(lr, decay, window):
@@ -505,10 +505,10 @@ def tune(adapter, valid, test, say=print, rms=None, progress=None):
     searches' (the combined method's cache grids reuse the hidden states of the better form's best pass); over
     test, one per method as soon as its search has chosen, each timed on its own (the RMS form's statistics,
     gathered during the search, apart).
-    progress (a Progress): what an earlier sitting measured, not measured again; what this one does, kept there.
+    progress (a TuneProgress): what an earlier sitting measured, not measured again; what this one does, kept there.
     Returns the record adapt.json keeps: {method: {settings..., "valid", "test", "seconds"}, "best": method}.
     """
-    progress = progress or Progress()
+    progress = progress or TuneProgress()
 
     def report(method):
         """The test text's perplexity with the settings just chosen on valid, measured as soon as they are: a tune
@@ -577,7 +577,7 @@ def recalled(progress, name, search, say):
     return found
 
 
-class Progress:
+class TuneProgress:
     """What a tune has measured, kept in save_path's adapt_progress.json as each search or pass ends: rerun on the
     same weights, texts, settings and grids (`identity`) after a stop (a Ctrl-C, the end of a sitting), tune reads
     those back and follows the same path through the grids; it runs again only the static pass (the searches'
@@ -629,7 +629,7 @@ class Progress:
 
 # What tune searches: a kept result is read back only for the same grids.
 GRIDS = repr((CACHE_SIZES, CACHE_THETAS, CACHE_LAMBDAS, FINER_SIZES, FINER_THETAS, FINER_LAMBDAS, FINER_LRS,
-              SGD_SEARCH, RMS_SEARCH, HOPELESS))
+              SGD_SEARCH, RMS_SEARCH, GIVE_UP_MARGIN))
 
 
 def settings_of(record, method):
