@@ -1,4 +1,4 @@
-"""Issue 19: are two replicas' perplexities on the small config, which part from one process's after ~100
+"""Are two replicas' perplexities on the small config, which part from one process's after ~100
 steps (results/distribute-speed-*.txt), a bug or rounding? Trains 40,000 words of the small config, seed 1,
 three ways: one process, 2 replicas in one process, and one process whose initial weights are multiplied
 by 1 + 1e-7·N(0, 1) (a rounding error's size); prints the relative difference of each step's loss from the
@@ -16,12 +16,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The equality tests' one-epoch trainer (tests/test_distribute.py), on the small config.
 ONE_EPOCH = re.search(r'ONE_EPOCH = """(.*?)"""', open(os.path.join(ROOT, "tests", "test_distribute.py")).read(),
                       re.S).group(1).replace("data.train[:20000]", "data.train[:40000]").replace('"test"', '"small"')
-PERTURB = """trainer.m.assign_lr(trainer.session, 1.0)
-with trainer.graph.as_default():
+PERTURB = """m.assign_lr(run.session, 1.0)
+with run.graph.as_default():
     rng = np.random.RandomState(0)
     for v in tf.trainable_variables():
-        value = trainer.session.run(v)
-        v.load((value * (1 + 1e-7 * rng.standard_normal(value.shape))).astype(value.dtype), trainer.session)
+        value = run.session.run(v)
+        v.load((value * (1 + 1e-7 * rng.standard_normal(value.shape))).astype(value.dtype), run.session)
 """
 
 
@@ -36,7 +36,7 @@ with tempfile.TemporaryDirectory() as folder:
     one = losses(folder, "one", 1)
     others = {"2 replicas": losses(folder, "two", 2),
               "1 process, weights x (1 + 1e-7 noise)": losses(folder, "perturbed", 1,
-                                                              ONE_EPOCH.replace("trainer.m.assign_lr(trainer.session, 1.0)\n", PERTURB))}
+                                                              ONE_EPOCH.replace("m.assign_lr(run.session, 1.0)\n", PERTURB))}
 steps = [0, 5, 10, 20, 30, 40, 60, 90]
 print("relative difference of the loss from one process's, at step " + ", ".join(map(str, steps)))
 for label, other in others.items():

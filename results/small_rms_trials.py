@@ -1,9 +1,10 @@
-"""Issue 18: valid perplexity of dynamic evaluation in the RMS form (lm.py --dynamic_rms) on the small checkpoint
+"""Valid perplexity of dynamic evaluation in the RMS form (lm.py --dynamic_rms) on the small checkpoint
 for a list of settings, the gradient statistics gathered once on the first WORDS words of ptb.train.txt.
 Usage, from the project root: python results/small_rms_trials.py WORDS LR,DECAY,WINDOW,EPS [...]"""
 import sys, time
 sys.path.insert(0, ".")  # run from the project root
-import lm as L, adapt
+import lm as L
+from tools import adapt
 L.FLAGS(["lm.py"])
 model = L.LanguageModel("runs/small")
 D = "../shared/data/ptb/"
