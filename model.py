@@ -263,25 +263,38 @@ class Position:
 def run_epoch(session, model, data, train_op=None, window=None, position=None, on_step=None):
     """One pass over `data`; returns its perplexity, exp(total cost / total steps).
 
-    The final LSTM state of each window is fed as the initial state of the next one.
+    The final LSTM state of each window is fed as the initial state of the next one (carry_state).
     A model built with num_steps=None is fed windows of `window` words, the last one
     shorter, so that every word is scored exactly once. A pass can start from a saved
     `position`; on_step(position, fetched values, epoch_size) is called after each window.
     """
     num_steps = model.num_steps or window
-    batches = reader.ptb_iterator(data, model.batch_size, num_steps, keep_remainder=model.num_steps is None)
+    windows = reader.ptb_iterator(data, model.batch_size, num_steps, keep_remainder=model.num_steps is None)
     epoch_size = reader.epoch_size(len(data), model.batch_size, num_steps)
-    fetches = {"cost": model.cost, "final_state": model.final_state}
+    fetches = {"cost": model.cost}
     if train_op is not None:
         fetches.update(train_op=train_op, grad_norm=model.grad_norm)
 
     position = position or Position()
-    for x, y in itertools.islice(batches, position.step, None):  # skips the windows done before a resume
-        feed = {model.input_data: x, model.targets: y}
-        if position.state is not None:  # else initial_state's default: zeros
-            feed[model.initial_state] = position.state
-        vals = session.run(fetches, feed)
+    windows = itertools.islice(windows, position.step, None)  # skips the windows done before a resume
+    for x, vals in carry_state(session, windows, lambda length: (model, fetches), state=position.state):
         position.advance(vals["cost"], vals["final_state"], x.shape[1])
         if on_step:
             on_step(position, vals, epoch_size)
     return position.perplexity
+
+
+def carry_state(session, windows, graph_for, feed=None, state=None):
+    """Truncated backpropagation through time: runs each (x, y) window of `windows` through the graph
+    graph_for(its length) gives, (a PTBModel, {name: what else to fetch}), feeding each window's final LSTM
+    state as the next one's initial state; the first starts from `state` (zeros if None).
+
+    Yields (x, the fetched values and "final_state") for each window; `feed`: more to feed every window."""
+    for x, y in windows:
+        model, fetches = graph_for(x.shape[1])
+        feed_dict = {model.input_data: x, model.targets: y, **(feed or {})}
+        if state is not None:  # else initial_state's default: zeros
+            feed_dict[model.initial_state] = state
+        vals = session.run({**fetches, "final_state": model.final_state}, feed_dict)
+        state = vals["final_state"]
+        yield x, vals

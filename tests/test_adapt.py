@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from tools import adapt, checkpoint
 import lm
+from model import PTBModel
+from tools import adapt, checkpoint
 from tools import runfolder
 from conftest import ROOT
-from model import PTBModel
 from test_bad_input import snapshot
 from test_cli import assert_one_line_error
 from test_lm import run_lm, trained  # noqa: F401 (trained: the fixture, a checkpoint folder and its corpus)

@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from tools import checkpoint, embeddings
 import reader
+from tools import checkpoint, embeddings
+from tools.tf1 import tf
 from conftest import ROOT, write_corpus
 from test_cli import assert_one_line_error, run as run_trainer
-from tools.tf1 import tf
 
 
 def test_load_glove_takes_the_vocabulary_words(tmp_path):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from model import PTBModel, check_options
-from test_model import TinyConfig, feed, random_batch
 from tools import kernels
 from tools.tf1 import tf
+from test_model import TinyConfig, feed, random_batch
 
 
 class FastVariant(PTBModel):

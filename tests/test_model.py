@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from tools import checkpoint
 import configs
-import reader
 from model import PTBModel, run_epoch
+import reader
+from tools import checkpoint
 from tools.tf1 import tf
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from model import PTBModel, check_options
-from test_model import TinyConfig, build, feed, random_batch
 from tools.tf1 import tf
+from test_model import TinyConfig, build, feed, random_batch
 
 
 def tiny(**options):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tools import checkpoint
 import configs
+from tools import checkpoint
 from tools import runfolder
 from conftest import ROOT, write_corpus
 from test_cli import run as run_trainer

@@ -44,9 +44,9 @@ import zipfile
 
 import numpy as np
 
-from tools import checkpoint
+from model import MAX_LOG_FLOAT, PTBModel, carry_state
 import reader
-from model import MAX_LOG_FLOAT, PTBModel
+from tools import checkpoint
 from tools.tf1 import tf
 
 CACHE = ("cache_size", "cache_theta", "cache_lambda")  # lm.py eval's flags, and adapt.json's keys
@@ -330,21 +330,17 @@ class Adapter:
 
     def carried(self, ids, rows, window, model_and_op, fetches=None, feed=None, keep_remainder=False):
         """Runs the windows of ids cut into `rows` rows (reader.ptb_iterator), the LSTM state carried from each
-        window to the next; yields what each fetched.
+        window to the next (model.carry_state); yields what each fetched.
 
         model_and_op(length) -> (model, an op to run with the window, or None); fetches(model): more to fetch.
         """
-        state = None
-        for x, y in reader.ptb_iterator(ids, rows, window, keep_remainder=keep_remainder):
-            model, op = model_and_op(x.shape[1])
-            wanted = {**(fetches(model) if fetches else {}), "state": model.final_state}
-            if op is not None:
-                wanted["op"] = op
-            feed_dict = {model.input_data: x, model.targets: y, **(feed or {})}
-            if state is not None:
-                feed_dict[model.initial_state] = state
-            got = self.session.run(wanted, feed_dict)
-            state = got["state"]
+        def graph_for(length):
+            model, op = model_and_op(length)
+            wanted = fetches(model) if fetches else {}
+            return model, wanted if op is None else {**wanted, "op": op}
+
+        windows = reader.ptb_iterator(ids, rows, window, keep_remainder=keep_remainder)
+        for _, got in carry_state(self.session, windows, graph_for, feed):
             yield got
 
     def read(self, ids, window, model_and_op, hidden=False, feed=None, reference=None):

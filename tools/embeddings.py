@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 
-from tools import checkpoint
 import reader
+from tools import checkpoint
 
 EMBEDDING = "Model/embedding"
 

@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-import reader
 from model import Position, dropout_seed
+import reader
 from tools import checkpoint, cli, distribute, embeddings, guard, monitor
 from tools.tf1 import session_config, tf
 
