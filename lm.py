@@ -46,8 +46,8 @@ flags.DEFINE_bool("json", False, "predict, score: JSON lines instead of plain te
 flags.DEFINE_string("export_dir", None, "export: the SavedModel folder to write (must not exist); projector: "
                     "the folder for vectors.tsv and metadata.tsv.")
 flags.DEFINE_string("word", None, "nearest: the word whose neighbours to list.")
-# Test-time adaptation (adapt.py): eval applies the cache when its three flags are given, dynamic evaluation when
-# --dynamic_lr and --dynamic_window are, both when all are; tune chooses them on --valid.
+# Test-time adaptation (tools/adapt.py): eval applies the cache when its three flags are given, dynamic evaluation
+# when --dynamic_lr and --dynamic_window are, both when all are; tune chooses them on --valid.
 flags.DEFINE_integer("cache_size", None, "eval: the neural cache holds the last N positions' (h, next word).")
 flags.DEFINE_float("cache_theta", None, "eval: the cache's sharpness: position i votes exp(theta h_t . h_i).")
 flags.DEFINE_float("cache_lambda", None, "eval: the cache's share: p = (1 - lambda) p_model + lambda p_cache.")
