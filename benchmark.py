@@ -6,23 +6,24 @@
     python benchmark.py --model=small --cell=gru --precisions=fp32  # GRUCell vs GRUBlockCell
     python benchmark.py --model=medium --modes=fast --precisions=fp32 --profile  # where a step's time goes
     python benchmark.py --model=medium --modes=fast --precisions=fp32 --adapt_words=5000  # lm.py eval's adaptation
+    python benchmark.py --model=large --modes=fast --pytorch      # beside PyTorch's nn.LSTM, fp32 and bf16
 
 On random word ids of the config's real shapes it times `--steps` training steps, as many
 validation-shaped evaluation steps, and the batch-1 test pass, after a warm-up. It first
 measures the machine's peak: one large matmul in each precision. A benchmark, not a test:
 nothing in the test suite depends on speed. `fast_loop` is rnn_mode fast with its gradient
 stepping back in a tf.while_loop instead of the default Python unroll; `fast_split` is rnn_mode fast
-with split_lstm's forward instead of BlockLSTM's (tools/kernels.py; FastVariant below).
-With --adapt_words, it also times `lm.py eval`'s passes with test-time adaptation (adapt.py) on that many
+with split_lstm's forward instead of BlockLSTM's (tools/kernels.py, tools/fast_variants.py).
+With --adapt_words, it also times `lm.py eval`'s passes with test-time adaptation (tools/adapt.py) on that many
 random words of the config's shapes: static, the cache, dynamic evaluation's two forms, each set against
 the time of a training epoch (the aims: the cache within 2x static, dynamic evaluation within 2x an epoch).
 """
-import collections
-import time
-import types
-
 from tools import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
-from absl import flags
+import collections  # noqa: E402 (every import after cli's)
+import time  # noqa: E402
+import types  # noqa: E402
+
+from absl import flags  # noqa: E402
 
 import configs
 from configs import CELLS, PRECISIONS, RNN_MODES
@@ -35,6 +36,8 @@ flags.DEFINE_integer("steps", 30, "Timed steps of each kind.")
 flags.DEFINE_integer("num_threads", 0, "Threads for TensorFlow's ops (0: one per core).")
 flags.DEFINE_bool("profile", False, "Also trace training steps one op at a time (one inter-op thread, so each "
                   "op's time is its own) and list the op types that take the most.")
+flags.DEFINE_bool("pytorch", False, "Also time the same model's training step in PyTorch (nn.LSTM, the same "
+                  "clipped SGD; bf16 by torch.autocast) in each of --precisions but fp16, where torch is installed.")
 flags.DEFINE_integer("adapt_words", 0, "Also time lm.py eval's passes with the cache and dynamic evaluation on this "
                      "many random words (0: not).")
 FLAGS = flags.FLAGS
@@ -63,22 +66,9 @@ import numpy as np  # noqa: E402
 
 from model import PTBModel  # noqa: E402
 from tools import adapt, kernels  # noqa: E402
+from tools.dynamic_eval import DynamicEvaluation  # noqa: E402
+from tools.fast_variants import FastVariant  # noqa: E402
 from tools.tf1 import session_config, tf  # noqa: E402
-
-
-class FastVariant(PTBModel):
-    """rnn_mode fast with kernels.fast_block_lstm's `options`: its gradient stepping back in a tf.while_loop
-    (unroll=False), or split_lstm's forward (forward="split", training graphs of a known window only)."""
-
-    def __init__(self, *args, options, **kwargs):
-        self.options = options
-        super().__init__(*args, **kwargs)
-
-    def lstm_layer(self, x, c, h, kernel, bias):
-        options = dict(self.options)
-        if not (self.is_training and self.num_steps is not None):
-            options.pop("forward", None)
-        return kernels.fast_block_lstm(x, c, h, kernel, bias, self.precision, **options)
 
 
 def time_runs(session, fetch, feed=None, steps=10, warmup=3):
@@ -154,6 +144,61 @@ def words_per_second(config, mode, precision):
     return batch * steps / train_s, batch * steps / valid_s, test_window / test_s
 
 
+def pytorch_words_per_second(config, precision):
+    """Training words per second of the same model in PyTorch, the framework users would pick instead, on random
+    ids: nn.Embedding, dropout, nn.LSTM (its fused kernel), dropout, nn.Linear, the loss summed over time and
+    averaged over the batch, SGD on gradients clipped to max_grad_norm, the state carried (detached) from step to
+    step; bf16 by torch.autocast, as PyTorch users run it."""
+    import torch  # optional: only --pytorch needs it
+
+    torch.manual_seed(0)
+    if FLAGS.num_threads:
+        torch.set_num_threads(FLAGS.num_threads)
+    size, layers, vocab, batch, steps = (config.hidden_size, config.num_layers, config.vocab_size,
+                                         config.batch_size, config.num_steps)
+    embedding, lstm = torch.nn.Embedding(vocab, size), torch.nn.LSTM(size, size, layers)
+    softmax, dropout = torch.nn.Linear(size, vocab), torch.nn.Dropout(1 - config.keep_prob)
+    parameters = [*embedding.parameters(), *lstm.parameters(), *softmax.parameters()]
+    optimizer = torch.optim.SGD(parameters, lr=0.01)
+    rng = np.random.RandomState(0)
+    x, y = (torch.from_numpy(rng.randint(0, vocab, (steps, batch))) for _ in range(2))  # time-major, as nn.LSTM
+    state = (torch.zeros(layers, batch, size), torch.zeros(layers, batch, size))
+
+    def step(state):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            outputs, state = lstm(dropout(embedding(x)), tuple(s.detach() for s in state))
+            logits = softmax(dropout(outputs)).float()
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, vocab), y.view(-1), reduction="sum") / batch
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        return state
+
+    for _ in range(3):  # warm-up
+        state = step(state)
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        state = step(state)
+    return batch * steps * FLAGS.steps / (time.perf_counter() - start)
+
+
+def print_pytorch(config, measured):
+    """A line per precision: PyTorch's training words per second, and this project's fast mode's against it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("pytorch: not installed (pip install torch): not timed", flush=True)
+        return
+    for precision in FLAGS.precisions:
+        if precision == "fp16":
+            continue
+        wps = pytorch_words_per_second(config, precision)
+        ours = measured.get(("fast", precision))
+        against = f"   this project's fast mode: {ours / wps:.2f} x" if ours else ""
+        print(f"{'pytorch':9} {precision:9} {wps:10.0f}{against}", flush=True)
+
+
 PTB_WORDS = {"train": 929589, "test": 82430}  # ptb.train.txt and ptb.test.txt, with an <eos> a line
 STAT_WORDS = 200000  # the RMS form's statistics as tune ran on small (--dynamic_stat_words, README)
 # lm.py eval's settings timed with --adapt_words: the cache at tune's largest size (only N changes its time), the
@@ -174,7 +219,7 @@ def adaptation_seconds(config, words):
 
     A pass's time does not depend on the weights or the ids, so the model is lm.py's with random weights.
     Before each timed pass, an untimed one over two windows and a shorter one builds its graphs (and gathers
-    the RMS form's statistics for its window, which the Adapter times on its own, with the first run's setup of
+    the RMS form's statistics for its window, which RMSStatistics times on its own, with the first run's setup of
     their graph, as lm.py eval pays it).
     """
     graph = tf.Graph()
@@ -185,20 +230,20 @@ def adaptation_seconds(config, words):
     with tf.Session(graph=graph, config=session_config(FLAGS.num_threads)) as session:
         with graph.as_default():
             session.run(tf.global_variables_initializer())
-        # What adapt.Adapter reads of an lm.LanguageModel.
-        adapter = adapt.Adapter(types.SimpleNamespace(graph=graph, session=session, config=config, model=model),
-                                statistics=ids)
+        # What a DynamicEvaluation reads of an lm.LanguageModel.
+        lm = types.SimpleNamespace(graph=graph, session=session, config=config, model=model)
+        adapter = DynamicEvaluation(lm, statistics=ids)
         for name, settings in ADAPTATIONS.items():
             window = settings.get("dynamic_window", adapt.EVAL_WINDOW)
             if "dynamic_window" in settings:
-                adapter.gatherer(window)  # built before the statistics' clock starts
+                adapter.statistics.gatherer(window)  # built before the statistics' clock starts
             adapt.log_probs(adapter, ids[:2 * window + 2], settings)
             start = time.perf_counter()
             log_p = adapt.log_probs(adapter, ids, settings)
             seconds[name] = time.perf_counter() - start
             if not np.isfinite(log_p).all():  # the pass stopped early: its time is not a whole pass's
                 raise ValueError(f"the {name} pass diverged on random weights: rerun with another --adapt_words")
-    return seconds, adapter.gathering_seconds
+    return seconds, adapter.statistics.seconds
 
 
 def print_adaptation(config, train_wps):
@@ -238,6 +283,8 @@ def main(argv):
             print(f"{mode:9} {precision:9} {train_wps:10.0f} {fraction:8.0%} {valid_wps:10.0f} {test_wps:9.0f}",
                   flush=True)
             measured[mode, precision] = train_wps
+    if FLAGS.pytorch:
+        print_pytorch(config, measured)
     if FLAGS.adapt_words:
         print_adaptation(config, measured.get(("fast", "fp32")) or words_per_second(config, "fast", "fp32")[0])
 

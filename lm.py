@@ -21,16 +21,32 @@ possible next word a probability, and that is all these commands read off it.
 Text is PTB-tokenised: words separated by spaces, a line is a sentence; words outside
 the vocabulary become <unk> (a note on stderr says which).
 """
-import json
-import math
-import os
-import shutil
-import sys
-
 from tools import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
-from absl import flags
+import itertools  # noqa: E402 (every import after cli's)
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
 
-COMMANDS = ("generate", "predict", "score", "eval", "tune", "export", "nearest", "projector")
+from absl import flags  # noqa: E402
+
+# The flags each command reads, --save_path aside (every command's): any other flag given is refused, not ignored.
+RMS_FLAGS = ("dynamic_rms", "dynamic_stat_words", "dynamic_stat_batch", "dynamic_eps")
+COMMAND_FLAGS = {
+    "generate": ("prompt", "num_words", "temperature", "top_k", "seed"),
+    "predict": ("context", "input", "top_k", "json"),
+    "score": ("input", "json"),
+    "eval": ("input", "cache_size", "cache_theta", "cache_lambda", "dynamic_lr", "dynamic_decay", "dynamic_window",
+             *RMS_FLAGS, "adapt"),
+    "tune": ("input", "valid", *RMS_FLAGS),
+    "export": ("export_dir",),
+    "nearest": ("word", "top_k"),
+    "projector": ("export_dir",),
+}
+COMMANDS = tuple(COMMAND_FLAGS)
+# The settings tune chooses: given to it, they are refused with a message of their own (adaptation()).
+TUNE_CHOOSES = ("cache_size", "cache_theta", "cache_lambda", "dynamic_lr", "dynamic_decay", "dynamic_window")
 
 flags.DEFINE_string("save_path", None, "Checkpoint folder written by ptb_word_lm.py --save_path.")
 flags.DEFINE_string("prompt", "", "generate: the words to continue (default: start a new sentence).")
@@ -75,15 +91,21 @@ def check_command(argv):
         cli.fail(f"give one command, one of {', '.join(COMMANDS)}: python lm.py COMMAND --save_path=DIR ...")
     if not FLAGS.save_path:
         cli.fail("--save_path=DIR is needed: the folder ptb_word_lm.py --save_path wrote")
+    command = argv[1]
+    for name in dict.fromkeys(name for names in COMMAND_FLAGS.values() for name in names):
+        if FLAGS[name].present and name not in COMMAND_FLAGS[command] + (TUNE_CHOOSES if command == "tune" else ()):
+            users = [c for c, names in COMMAND_FLAGS.items() if name in names]
+            cli.fail(f"--{name} is not used by {command} (only by {', '.join(users)}): leave it out")
 
 
 if __name__ == "__main__":  # the command line is checked here, before TensorFlow's import: a typo costs no wait
-    check_command(cli.parse_first())
+    check_command(cli.parse_first(arguments=1))
 
 # Only now what is slow to import: TensorFlow (through tf1, which most modules below import) and numpy.
 import numpy as np  # noqa: E402
 
-from tools import adapt, checkpoint, embeddings, ranges, tf1  # noqa: E402
+from tools import adapt, checkpoint, embeddings, guard, ranges, tf1, tune  # noqa: E402
+from tools.dynamic_eval import DynamicEvaluation  # noqa: E402
 import reader  # noqa: E402
 from model import PTBModel, run_epoch  # noqa: E402
 from tools.tf1 import tf  # noqa: E402
@@ -160,16 +182,32 @@ def sample(log_probs, temperature, top_k, rng):
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
-def generate(lm, prompt, num_words, temperature=1.0, top_k=None, seed=None):
-    """The prompt's words followed by num_words sampled ones."""
+def sampled_words(lm, prompt, num_words, temperature=1.0, top_k=None, seed=None):
+    """Yields num_words words sampled after the prompt's, each as soon as it is drawn."""
     rng = np.random.RandomState(seed)
     log_probs, state = lm.log_probs([lm.eos] + lm.encode(prompt))
-    words = []
     for _ in range(num_words):
         word = sample(log_probs[-1], temperature, top_k, rng)
-        words.append(lm.vocab[word])
+        yield lm.vocab[word]
         log_probs, state = lm.log_probs([word], state)
-    return words
+
+
+def generate(lm, prompt, num_words, temperature=1.0, top_k=None, seed=None):
+    """The num_words words sampled after the prompt's, as a list."""
+    return list(sampled_words(lm, prompt, num_words, temperature, top_k, seed))
+
+
+def print_streamed(words):
+    """Prints words as they come, a space between two, <eos> as a line break: a Ctrl-C keeps what is printed."""
+    line_start = True
+    for word in words:
+        if word == reader.EOS:
+            print(flush=True)
+        else:
+            print(word if line_start else " " + word, end="", flush=True)
+        line_start = word == reader.EOS
+    if not line_start:
+        print(flush=True)
 
 
 def predict(lm, context, top_k):
@@ -191,7 +229,7 @@ def read_ids(lm, path, flag="--input"):
 def evaluate(lm, path, window=adapt.EVAL_WINDOW):
     """Perplexity of a text file, read like the training's test pass: one row, state carried."""
     ids = read_ids(lm, path)
-    return run_epoch(lm.session, lm.model, ids, window=min(window, len(ids) - 1))
+    return run_epoch(lm.session, lm.model, ids, window=window)
 
 
 def export(save_path, export_dir):
@@ -222,26 +260,30 @@ def export(save_path, export_dir):
 # --- the commands ------------------------------------------------------------------------------
 
 def input_lines():
-    """Non-empty lines of --input (a file, or standard input)."""
-    if FLAGS.input == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        reader.check_readable(FLAGS.input, "--input", "a text file, one sentence per line")
-        try:
-            with open(FLAGS.input, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read --input={FLAGS.input} ({e}): give a UTF-8 text file")
-    lines = [line.split() for line in lines if line.strip()]
+    """Non-empty lines of --input (a file, or standard input), either read as UTF-8."""
+    source = "standard input" if FLAGS.input == "-" else f"--input={FLAGS.input}"
+    try:
+        if FLAGS.input == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            reader.check_readable(FLAGS.input, "--input", "a text file, one sentence per line")
+            with open(FLAGS.input, "rb") as f:
+                data = f.read()
+        text = data.decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read {source} ({e.strerror or e}): give a UTF-8 text file")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{source} is not UTF-8 text (byte {e.start}): give UTF-8 text, one sentence per line")
+    lines = [line.split() for line in text.splitlines() if line.strip()]
     if not lines:
         raise UsageError(f"--input={FLAGS.input} holds no text: give one sentence per line")
     return lines
 
 
-def check_top_k(vocab_size):
+def check_top_k(limit, what="the vocabulary size"):
     """--top_k's upper bound, the vocabulary's size, is known once the model is loaded (its lower: tools/ranges.py)."""
-    if FLAGS.top_k is not None and not 1 <= FLAGS.top_k <= vocab_size:
-        raise UsageError(f"--top_k={FLAGS.top_k}: give a number from 1 to the vocabulary size, {vocab_size}")
+    if FLAGS.top_k is not None and not 1 <= FLAGS.top_k <= limit:
+        raise UsageError(f"--top_k={FLAGS.top_k}: give a number from 1 to {what}, {limit}")
 
 
 def show_predictions(lm, context, top_k):
@@ -319,21 +361,21 @@ def adaptation(command):
     return {name: given[name] for name in adapt.CACHE + adapt.DYNAMIC + adapt.RMS if name in given}  # adapt.json order
 
 
-def adapter(lm, settings, flag="--dynamic_rms"):
-    """The adapt.Adapter for settings: with the RMS form's, the ids of its statistics text (named by `flag`), and the
-    statistics lm.py tune stored in the folder if they are of these weights and that text."""
+def dynamic_evaluation(lm, settings, flag="--dynamic_rms"):
+    """The DynamicEvaluation for settings: with the RMS form's, the ids of its statistics text (named by `flag`),
+    and the statistics lm.py tune stored in the folder if they are of these weights and that text."""
     if "dynamic_rms" not in settings:
-        return adapt.Adapter(lm)
+        return DynamicEvaluation(lm)
     statistics = read_ids(lm, settings["dynamic_rms"], flag)
     if settings.get("dynamic_stat_words") is not None:
         statistics = statistics[:settings["dynamic_stat_words"] + 1]
-    adapted = adapt.Adapter(lm, statistics, settings["dynamic_stat_batch"])
+    evaluation = DynamicEvaluation(lm, statistics, settings["dynamic_stat_batch"])
     path = os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS)
-    used = adapted.load_statistics(path, [settings["dynamic_window"]] if "dynamic_window" in settings else None)
+    used = evaluation.statistics.load(path, [settings["dynamic_window"]] if "dynamic_window" in settings else None)
     if used:  # eval: its window's; tune: every window an interrupted tune gathered
         print(f"note: the RMS form's statistics for windows of {', '.join(map(str, used))} words read from {path} "
               "(lm.py tune gathered them on the same text with the same weights)", file=sys.stderr)
-    return adapted
+    return evaluation
 
 
 def tuned_adaptation(lm):
@@ -370,7 +412,9 @@ def run(command):
     if command == "nearest":
         if not FLAGS.word:
             raise UsageError("nearest needs --word=WORD")
-        for word, similarity in embeddings.nearest(*learned_embedding(FLAGS.save_path), FLAGS.word, FLAGS.top_k or 10):
+        matrix, vocab = learned_embedding(FLAGS.save_path)
+        check_top_k(len(vocab) - 1, "the number of other words in the vocabulary")
+        for word, similarity in embeddings.nearest(matrix, vocab, FLAGS.word, FLAGS.top_k or 10):
             print(f"{similarity:.4f}  {word}")
         return
     if command == "projector":
@@ -397,8 +441,9 @@ def run(command):
         settings = tuned_adaptation(lm)
     if command == "generate":
         check_top_k(len(lm.vocab))
-        words = generate(lm, FLAGS.prompt.split(), FLAGS.num_words, FLAGS.temperature, FLAGS.top_k, FLAGS.seed)
-        print(" ".join(FLAGS.prompt.split() + words).replace(f" {reader.EOS} ", "\n").replace(reader.EOS, ""))
+        prompt = FLAGS.prompt.split()
+        print_streamed(itertools.chain(prompt, sampled_words(lm, prompt, FLAGS.num_words, FLAGS.temperature,
+                                                             FLAGS.top_k, FLAGS.seed)))
     elif command == "predict":
         check_top_k(len(lm.vocab))
         run_predict(lm)
@@ -408,7 +453,11 @@ def run(command):
         print(f"Perplexity: {evaluate(lm, FLAGS.input):.3f}")
     elif command == "eval":
         flag = f"{checkpoint.ADAPT}'s dynamic_rms" if FLAGS.adapt else "--dynamic_rms"
-        perplexity = adapt.evaluate(adapter(lm, settings, flag), read_ids(lm, FLAGS.input), settings)
+        perplexity = adapt.evaluate(dynamic_evaluation(lm, settings, flag), read_ids(lm, FLAGS.input), settings)
+        if not math.isfinite(perplexity):  # with lambda < 1 the cache's mix is finite: dynamic evaluation's steps
+            lower = "rerun lm.py tune, or give the flags with" if FLAGS.adapt else "give"
+            raise cli.Stop(f"dynamic evaluation diverged (perplexity {perplexity} with {adapt.flags_text(settings)}): "
+                           f"{lower} a smaller --dynamic_lr", guard.DIVERGED)
         print(f"Perplexity: {perplexity:.3f} with {adapt.flags_text(settings)}")
     elif command == "tune":
         run_tune(lm, settings)
@@ -419,40 +468,51 @@ def run_tune(lm, rms):
 
     rms: {} or the RMS form's fixed settings (--dynamic_rms=FILE ...), to search that form too."""
     valid, test = read_ids(lm, FLAGS.valid, "--valid"), read_ids(lm, FLAGS.input)
-    adapted, rms_passes = adapter(lm, rms), ""
+    longest = max(tune.SGD_SEARCH.window, *tune.SGD_SEARCH.windows)
+    if len(valid) - 1 < longest:
+        words = f"{len(valid) - 1} word{'s' * (len(valid) != 2)}"
+        raise UsageError(f"--valid={FLAGS.valid} holds {words} to predict, fewer than tune's longest "
+                         f"window ({longest}): give a longer text to choose the settings on (ptb.valid.txt)")
+    evaluation, rms_passes = dynamic_evaluation(lm, rms), ""
     if rms:  # adapt.json keeps --dynamic_rms as given: eval --adapt=tuned reads a relative one from where it runs
-        longest = max(adapt.RMS_SEARCH.window, *adapt.RMS_SEARCH.windows)
-        problem = adapted.statistics_problem(longest)  # refused now, not after the hours of the searches before
+        longest = max(tune.RMS_SEARCH.window, *tune.RMS_SEARCH.windows)
+        problem = evaluation.statistics.problem(longest)  # refused now, not after the hours of the searches before
         if problem:
             raise UsageError(f"{problem}, the longest tune tries: give a longer --dynamic_rms or a larger "
                              "--dynamic_stat_words")
-        rms_passes = (f", {adapt.RMS_SEARCH.passes} for its RMS form's (statistics on {len(adapted.statistics) - 1} "
-                      f"words of --dynamic_rms, gathered once for each window length)")
+        rms_passes = (f", {tune.RMS_SEARCH.passes} for its RMS form's (statistics on "
+                      f"{len(evaluation.statistics.text) - 1} words of --dynamic_rms, gathered once for each window "
+                      "length)")
     print(f"Tuning the cache and dynamic evaluation on --valid={FLAGS.valid} ({len(valid)} words): 1 pass for the "
-          f"cache's grids, {adapt.SGD_SEARCH.passes} for dynamic evaluation's{rms_passes}", flush=True)
+          f"cache's grids, {tune.SGD_SEARCH.passes} for dynamic evaluation's{rms_passes}", flush=True)
     # What the results depend on (the statistics text by its ids, not its path): the same, and the results are read
-    identity = {"sha256": adapted.digest(valid, test, adapted.statistics or []), "grids": adapt.GRIDS,
+    statistics = evaluation.statistics.text if evaluation.statistics else []
+    identity = {"sha256": evaluation.digest(valid, test, statistics), "grids": tune.GRIDS,
                 **{k: rms[k] for k in ("dynamic_stat_batch", "dynamic_eps") if k in rms}}
-    progress = adapt.TuneProgress(FLAGS.save_path, identity)
+    progress = tune.TuneProgress(FLAGS.save_path, identity)
     if progress.done:
         print(f"Resuming: what an earlier run of this tune measured is in {progress.path}", flush=True)
     elif progress.foreign:
         print(f"note: {progress.path} holds another tune's progress (other weights, texts, settings or grids): this "
               "one replaces it", file=sys.stderr)
     try:
-        record = adapt.tune(adapted, valid, test, say=lambda line: print(line, flush=True), rms=rms, progress=progress)
+        record = tune.tune(evaluation, valid, test, say=lambda line: print(line, flush=True), rms=rms,
+                           progress=progress)
     except cli.Interrupted as e:
         if progress.done:
             e.args = (f"{e}; what it measured is in {progress.path}: rerun the same command to resume",)
         raise
     record.update(checkpoint=os.path.basename(lm.prefix), valid=FLAGS.valid, test=FLAGS.input)
     with cli.signals_deferred():  # the files are written whole, then a Ctrl-C that came meanwhile ends the program
-        adapt.write_tuned(FLAGS.save_path, record)
+        kept = adapt.write_tuned(FLAGS.save_path, record)
+        if kept:
+            print(f"note: the {checkpoint.ADAPT} tune wrote before is kept as {kept}", file=sys.stderr)
         progress.remove()
         chosen = [record["dynamic_rms"]["dynamic_window"]] if rms else []
-        if set(chosen) & set(adapted.gathered):  # its statistics only, which eval in that form then reads
+        # Its statistics only, which eval in that form then reads.
+        if rms and set(chosen) & set(evaluation.statistics.gathered):
             try:
-                adapted.save_statistics(os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS), chosen)
+                evaluation.statistics.save(os.path.join(FLAGS.save_path, checkpoint.ADAPT_RMS), chosen)
             except OSError as e:  # adapt.json is written: eval gathers them itself
                 print(f"note: the RMS form's statistics not kept ({e.strerror or e}): eval gathers them again",
                       file=sys.stderr)

@@ -18,7 +18,6 @@ Beyond the paper, each off unless its config field is set (configs.Options): GRU
 tied input and output embeddings, an embedding size of its own, variational (locked) dropout, dropout
 of the recurrent state, and dropout of whole words.
 """
-import contextlib
 import itertools
 import math
 
@@ -264,11 +263,11 @@ def run_epoch(session, model, data, train_op=None, window=None, position=None, o
     """One pass over `data`; returns its perplexity, exp(total cost / total steps).
 
     The final LSTM state of each window is fed as the initial state of the next one (carry_state).
-    A model built with num_steps=None is fed windows of `window` words, the last one
-    shorter, so that every word is scored exactly once. A pass can start from a saved
+    A model built with num_steps=None is fed windows of `window` words (at most the whole text),
+    the last one shorter, so that every word is scored exactly once. A pass can start from a saved
     `position`; on_step(position, fetched values, epoch_size) is called after each window.
     """
-    num_steps = model.num_steps or window
+    num_steps = model.num_steps or min(window, len(data) - 1)
     windows = reader.ptb_iterator(data, model.batch_size, num_steps, keep_remainder=model.num_steps is None)
     epoch_size = reader.epoch_size(len(data), model.batch_size, num_steps)
     fetches = {"cost": model.cost}

@@ -19,11 +19,11 @@ With --save_path the run can be stopped (Ctrl-C, SIGTERM) and resumed by rerunni
 command: a checkpoint is written at every epoch end and every --checkpoint_minutes, and it
 holds the position inside the epoch, the LSTM state and the running totals with the weights.
 """
-import os
-import time
-
 from tools import cli  # first: from here on a signal ends the program with one line, even during TensorFlow's import
-from absl import flags
+import os  # noqa: E402 (every import after cli's)
+import time  # noqa: E402
+
+from absl import flags  # noqa: E402
 
 import configs
 
@@ -38,9 +38,10 @@ flags.DEFINE_string("save_path", None, "Folder for checkpoints, config, vocabula
 flags.DEFINE_enum("rnn_mode", "fast", list(configs.RNN_MODES), "How the LSTM runs: basic (BasicLSTMCell, the "
                   "reference), block (fused BlockLSTM kernel), fast (BlockLSTM with a faster gradient of our own, "
                   "the fastest measured).")
-flags.DEFINE_enum("precision", "fp32", list(configs.PRECISIONS), "Matmul precision; variables, loss and gradient "
-                  "clipping stay fp32. bf16: the softmax in bfloat16 (BlockLSTM has no bf16 kernel); fp16: the "
-                  "softmax and the LSTM in float16.")
+flags.DEFINE_enum("precision", "fp32", ["auto", *configs.PRECISIONS], "Matmul precision; variables, loss and "
+                  "gradient clipping stay fp32. bf16: the softmax in bfloat16 (BlockLSTM has no bf16 kernel); fp16: "
+                  "the softmax and the LSTM in float16; auto: bf16 where the CPU has bf16 instructions (avx512_bf16, "
+                  "AMX), else fp32. A resumed run keeps its own.")
 flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precision=fp16.")
 # Flags that override a field of the config when given.
 flags.DEFINE_integer("max_max_epoch", None, "Train this many epochs instead of the config's.")
@@ -85,10 +86,8 @@ import numpy as np  # noqa: E402
 
 import reader  # noqa: E402
 from model import PTBModel, check_options, run_epoch  # noqa: E402
-from tools import distribute, embeddings, guard, ranges, runfolder, training  # noqa: E402
+from tools import distribute, embeddings, ranges, runfolder, training  # noqa: E402
 from tools.tf1 import tf  # noqa: E402
-
-MAX_ATTEMPTS = 20  # seeds tried, without --seed, before a run whose LSTM keeps stopping to learn gives up
 
 
 def create_models(config, rnn_mode, precision, seed, replicas=None):
@@ -130,7 +129,6 @@ def train_and_test(run, m, mvalid, mtest, data, config, test_window, resume_from
     test_perplexity = run.test_pass(lambda: run_epoch(session, mtest, data.test, window=test_window))
     print(f"Test Perplexity: {test_perplexity:.3f}", flush=True)
     run.end(test_perplexity)
-    return test_perplexity
 
 
 def main(argv):
@@ -140,7 +138,7 @@ def main(argv):
     cluster = distribute.read_tf_config(os.environ.get("TF_CONFIG", ""))
     chief = cluster is None or cluster.index == 0
     save_path = FLAGS.save_path if chief else None  # only the chief writes
-    rnn_mode, precision = FLAGS.rnn_mode, "fp16" if FLAGS.use_fp16 else FLAGS.precision
+    rnn_mode, requested = FLAGS.rnn_mode, "fp16" if FLAGS.use_fp16 else FLAGS.precision
     with runfolder.made(save_path):  # created now if missing, and removed again if the run saves nothing
         config = configs.get_config(FLAGS.model)
         for name in CONFIG_FLAGS:
@@ -155,14 +153,22 @@ def main(argv):
 
         resume_from = save_path and runfolder.check(save_path, config, data.vocab, len(data.train))
         seed = runfolder.seed(resume_from, FLAGS.seed, draw_seed)
+        precision = runfolder.precision(resume_from, save_path, requested, FLAGS["precision"].present or FLAGS.use_fp16)
         pretrained = None
-        if FLAGS.embedding_file and not resume_from and chief:
+        if FLAGS.embedding_file and chief:  # read on a resume too: a file a fresh run refuses is refused the same
             pretrained = load_pretrained(FLAGS.embedding_file, data.vocab, config.embedding_size or config.hidden_size)
+            if resume_from:
+                pretrained = None  # the embedding comes from the checkpoint
         if save_path:  # every input checked: from here on the folder is this run's (the chief's alone)
-            resume_from = runfolder.claim(save_path, config, data.vocab, len(data.train), FLAGS.model)
+            resume_from = runfolder.claim(save_path, config, data.vocab, len(data.train), FLAGS.model, precision)
+            finished = resume_from and not cluster and runfolder.finished(resume_from, save_path, config.max_max_epoch)
+            if finished:  # rerun after its end: its numbers, not a second test pass
+                print(finished, flush=True)
+                return
         worker = f"worker {cluster.index} of {len(cluster.workers)}, " if cluster else ""
         seed_used = seed if chief else "the chief's"
-        print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}, {worker}seed: {seed_used}, "
+        chosen = " (auto)" if requested == "auto" else ""
+        print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}{chosen}, {worker}seed: {seed_used}, "
               f"vocabulary: {config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/"
               f"{len(data.test)} words", flush=True)
         if any(data.unknown.values()):
@@ -172,32 +178,20 @@ def main(argv):
         if FLAGS.replicas > 1 or cluster:
             replicas = distribute.Replicas(FLAGS.replicas, cluster, FLAGS.num_threads, FLAGS.worker_timeout)
 
+        def train(seed):
+            with distribute.stop_if_workers_are_lost(cluster, save_path), tf.Graph().as_default():
+                m, mvalid, mtest = create_models(config, rnn_mode, precision, seed, replicas)
+                run = training.TrainingRun(
+                    m, mvalid, data, config, seed, save_path, replicas,
+                    one_process_model=lambda: create_models(config, rnn_mode, precision, seed),
+                    pretrained=pretrained, model_name=FLAGS.model, checkpoint_minutes=FLAGS.checkpoint_minutes,
+                    num_threads=FLAGS.num_threads, max_cell_state=FLAGS.max_cell_state or None)
+                train_and_test(run, m, mvalid, mtest, data, config, FLAGS.test_window, resume_from)
+
         start = time.time()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                with distribute.stop_if_workers_are_lost(cluster, save_path), tf.Graph().as_default():
-                    m, mvalid, mtest = create_models(config, rnn_mode, precision, seed, replicas)
-                    run = training.TrainingRun(
-                        m, mvalid, data, config, seed, save_path, replicas,
-                        one_process_model=lambda: create_models(config, rnn_mode, precision, seed),
-                        pretrained=pretrained, model_name=FLAGS.model, checkpoint_minutes=FLAGS.checkpoint_minutes,
-                        num_threads=FLAGS.num_threads, max_cell_state=FLAGS.max_cell_state or None)
-                    train_and_test(run, m, mvalid, mtest, data, config, FLAGS.test_window, resume_from)
-                break
-            except guard.StoppedLearning as e:
-                run.abandon()  # its summaries; it saved no checkpoint
-                chosen = FLAGS.seed is not None or resume_from or cluster  # a seed the user (or the run) chose
-                if chosen or attempt == MAX_ATTEMPTS:
-                    advice = "choose another --seed" if not resume_from else "start again in another --save_path"
-                    tried = f"{attempt} seeds tried; " if attempt > 1 else ""
-                    raise cli.Stop(f"{e}; {tried}seed {seed} does this on this CPU: {advice} (or "
-                                   "--max_cell_state=0 to train it all the same)", guard.DIVERGED)
-                if save_path:
-                    runfolder.record_abandoned_seed(save_path, seed)
-                abandoned, seed = seed, draw_seed()
-                print(f"Seed {abandoned} stopped learning at epoch 1, step {e.step} (a cell state of "
-                      f"{e.value:.6g}, beyond --max_cell_state={e.limit:g}): starting again with seed {seed}",
-                      flush=True)
+        # A large run can stop learning in its first steps (a saturated cell): then it starts again with another seed.
+        seed_chosen = FLAGS.seed is not None or bool(resume_from) or cluster is not None
+        training.until_it_learns(train, seed, draw_seed, seed_chosen, save_path, resuming=bool(resume_from))
         print(f"Wall time: {time.time() - start:.0f} s", flush=True)
 
 
@@ -207,11 +201,13 @@ def draw_seed():
 
 def load_data(data_path, config, max_vocab=None, train_words=None):
     """The corpus, checked against the config (each text long enough for one window); sets config.vocab_size."""
-    data = reader.load_ptb(data_path, max_vocab)
+    data = reader.load_ptb(data_path, max_vocab, train_words)
     train, valid, test = reader.split_paths(data_path)
     if train_words:
-        data = data._replace(train=data.train[:train_words])
         train += f" (--train_words={train_words})"
+    if len(data.vocab) < 2:
+        raise reader.DataError(f"{train} has one word in its vocabulary, {data.vocab[0]!r} (and no line end, read as "
+                               f"{reader.EOS}): a language model needs two different words or more to choose between")
     config.vocab_size = len(data.vocab)
     ranges.check_config(config)
     reader.epoch_size(len(data.train), config.batch_size, config.num_steps, train)

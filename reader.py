@@ -99,14 +99,16 @@ def split_paths(data_path):
                     "with a corpus's train, valid and test files")
 
 
-def load_ptb(data_path, max_vocab=None):
+def load_ptb(data_path, max_vocab=None, train_words=None):
     """Reads a corpus (PTB's files, or train/valid/test.txt, or WikiText's) into a PTBData.
 
     The vocabulary comes from the training file; other words become <unk>, which is added
-    to the vocabulary if the corpus has none.
+    to the vocabulary if the corpus has none. With train_words, the training text is its first
+    train_words words (the vocabulary still the whole file's).
     """
     splits = [read_words(p) for p in split_paths(data_path)]
     vocab = build_vocab(splits[0], max_vocab)
+    splits[0] = splits[0][:train_words]  # (None: all)
     known = set(vocab)
     unknown = {name: sum(w not in known for w in words) for name, words in zip(("train", "valid", "test"), splits)}
     if any(unknown.values()) and UNK not in known:

@@ -5,12 +5,13 @@ import sys, time
 sys.path.insert(0, ".")  # run from the project root
 import lm as L
 from tools import adapt
+from tools.dynamic_eval import DynamicEvaluation
 L.FLAGS(["lm.py"])
 model = L.LanguageModel("runs/small")
 D = "../shared/data/ptb/"
 train, valid = L.read_ids(model, D + "ptb.train.txt"), L.read_ids(model, D + "ptb.valid.txt")
 words = int(sys.argv[1])
-ad = adapt.Adapter(model, train[:words + 1])
+ad = DynamicEvaluation(model, train[:words + 1])
 for spec in sys.argv[2:]:
     lr, decay, window, eps = spec.split(",")
     t = time.time()

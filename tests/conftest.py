@@ -6,6 +6,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# The environment every test runs in, and every program a test starts inherits: the same whatever the caller's shell
+# exports, so that no test passes or fails by it. TensorFlow's log levels (at 2, its C++ error lines would join the
+# one-line errors the tests read), its cluster and numerics switches, and the locale (the programs read and write
+# UTF-8). Set here, before any test module imports TensorFlow.
+for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL", "TF_CPP_VMODULE", "TF_CONFIG", "TF_USE_LEGACY_KERAS",
+             "TF_ENABLE_ONEDNN_OPTS", "TF_XLA_FLAGS", "PYTHONWARNINGS", "PYTHONOPTIMIZE", "LANGUAGE"):
+    os.environ.pop(name, None)
+os.environ.update(LC_ALL="C.UTF-8", LANG="C.UTF-8")
+
 
 @pytest.fixture(scope="session")
 def ptb_path():
@@ -13,6 +22,8 @@ def ptb_path():
     path = os.environ.get("PTB_DATA")
     if not path:
         pytest.skip("PTB_DATA is not set: export PTB_DATA=folder/with/ptb.train.txt to run this test")
+    if not os.path.isfile(os.path.join(path, "ptb.train.txt")):
+        pytest.skip(f"PTB_DATA={path} holds no ptb.train.txt: point it at the corpus folder to run this test")
     return path
 
 

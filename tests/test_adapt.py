@@ -1,4 +1,5 @@
-"""adapt.py: the neural cache and dynamic evaluation against hand computations, and lm.py eval / tune as a user
+"""Test-time adaptation (tools/adapt.py, cache.py, dynamic_eval.py, rms_statistics.py, tune.py): the neural cache
+and dynamic evaluation against hand computations, and lm.py eval / tune as a user
 runs them (a model of the test config trained inside the test, small texts)."""
 import itertools
 import json
@@ -15,7 +16,8 @@ import pytest
 
 import lm
 from model import PTBModel
-from tools import adapt, checkpoint
+from tools import adapt, cache, checkpoint, tune
+from tools.dynamic_eval import DynamicEvaluation, read_text
 from tools import runfolder
 from conftest import ROOT
 from test_bad_input import snapshot
@@ -31,7 +33,7 @@ def model(trained):
 
 @pytest.fixture(scope="module")
 def adapter(model):
-    return adapt.Adapter(model)
+    return DynamicEvaluation(model)
 
 
 @pytest.fixture
@@ -67,11 +69,11 @@ def test_cache_matches_a_hand_computation():
     expected = [p_vocab[0], (1 - lam) * p_vocab[1], (1 - lam) * p_vocab[2] + lam * p_cache_2,
                 (1 - lam) * p_vocab[3] + lam * p_cache_3]
     for block in (1, 3, 512):
-        log_cache = adapt.cache_log_probs(h, targets, 2, [theta], block=block)[theta]
+        log_cache = cache.log_probs(h, targets, 2, [theta], block=block)[theta]
         assert np.isnan(log_cache[0]) and log_cache[1] == -np.inf
-        np.testing.assert_allclose(np.exp(adapt.mix(np.log(p_vocab), log_cache, lam)), expected, rtol=1e-6)
+        np.testing.assert_allclose(np.exp(cache.mix(np.log(p_vocab), log_cache, lam)), expected, rtol=1e-6)
     # With N = 3, t = 3 holds (h_0, 7) too: another result, so the window's edge is where the definition puts it.
-    log_cache = adapt.cache_log_probs(h, targets, 3, [theta])[theta]
+    log_cache = cache.log_probs(h, targets, 3, [theta])[theta]
     assert abs(np.exp(log_cache[3]) - p_cache_3) > 0.05
 
 
@@ -81,7 +83,7 @@ def test_cache_in_blocks_equals_a_loop_over_positions():
     targets = rng.randint(0, 5, 50)
     for block in (4, 7, 512):
         for n, thetas in ((1, [0.8]), (7, [0.0, 0.8]), (60, [2.0, 0.3])):
-            found = adapt.cache_log_probs(h, targets, n, thetas, block=block)
+            found = cache.log_probs(h, targets, n, thetas, block=block)
             for theta, t in itertools.product(thetas, range(1, 50)):
                 i = np.arange(max(0, t - n), t)
                 scores = theta * (h[i].astype(np.float64) @ h[t])
@@ -93,9 +95,9 @@ def test_cache_in_blocks_equals_a_loop_over_positions():
 
 def test_mix_is_safe_at_the_ends():
     log_vocab, log_cache = np.log([0.5, 0.5, 0.5]), np.array([np.nan, -np.inf, np.log(0.2)])
-    np.testing.assert_array_equal(adapt.mix(log_vocab, log_cache, 0.0), log_vocab)
-    np.testing.assert_allclose(adapt.mix(log_vocab, log_cache, 1.0), [np.log(0.5), -np.inf, np.log(0.2)])
-    assert adapt.perplexity(adapt.mix(log_vocab, log_cache, 1.0)) == math.inf
+    np.testing.assert_array_equal(cache.mix(log_vocab, log_cache, 0.0), log_vocab)
+    np.testing.assert_allclose(cache.mix(log_vocab, log_cache, 1.0), [np.log(0.5), -np.inf, np.log(0.2)])
+    assert adapt.perplexity(cache.mix(log_vocab, log_cache, 1.0)) == math.inf
 
 
 # --- static and dynamic passes, in-process ------------------------------------------------------------
@@ -142,7 +144,7 @@ def test_a_window_takes_one_sgd_step_and_the_decay_pulls_back_from_the_second(mo
     def run_windows(count):
         """(log p(target) the adapter scored, its weights after) for `count` windows read from the trained weights."""
         adapter.session.run(adapter.back_to_trained)
-        log_p, _ = adapter.read(ids[:count * n + 1], n, lambda length: (model_, updates[True]),
+        log_p, _ = read_text(adapter.session, ids[:count * n + 1], n, lambda length: (model_, updates[True]),
                                 feed={adapter.lr: lr, adapter.decay: decay})
         got = weights(adapter)
         adapter.session.run(adapter.back_to_trained)
@@ -173,7 +175,7 @@ def test_the_rms_form_normalises_the_step_and_scales_the_decay(model):
     lr, decay, eps, n = 0.05, 0.3, 1e-3, 4
     ids = model.encode("<eos> the cat the sat the dog on the".split())
     statistics = model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split())  # 3 windows
-    adapter = adapt.Adapter(model, statistics)
+    adapter = DynamicEvaluation(model, statistics)
     windows = [(ids[:n], ids[1:n + 1]), (ids[n:2 * n], ids[n + 1:2 * n + 1])]
     size, layers = model.config.hidden_size, model.config.num_layers
     zero = np.zeros([layers, 2, 1, size], np.float32)
@@ -186,18 +188,18 @@ def test_the_rms_form_normalises_the_step_and_scales_the_decay(model):
     rms = {name: np.sqrt(np.mean([s[name] for s in squares], axis=0)) for name in theta_0}
     mean_rms = np.mean([rms[name].mean() for name in rms])
     assert min(r.min() for r in rms.values()) == 0  # the embedding's rows of words the text lacks: eps alone
-    adapter.gather_statistics(n)
-    got = dict(zip([v.op.name for v in adapter.variables], adapter.session.run(adapter.rms)))
+    adapter.statistics.gather(n)
+    got = dict(zip([v.op.name for v in adapter.variables], adapter.session.run(adapter.statistics.rms)))
     for name in rms:
         np.testing.assert_allclose(got[name], rms[name], rtol=1e-4, atol=1e-7, err_msg=name)
-    assert adapter.session.run(adapter.mean_rms) == pytest.approx(mean_rms, rel=1e-4)
+    assert adapter.session.run(adapter.statistics.mean_rms) == pytest.approx(mean_rms, rel=1e-4)
 
     model_, updates = adapter.stepper(n)
 
     def run_windows(count):
         adapter.session.run(adapter.back_to_trained)
-        log_p, _ = adapter.read(ids[:count * n + 1], n, lambda length: (model_, updates["rms", True]),
-                                feed={adapter.lr: lr, adapter.decay: decay, adapter.eps: eps})
+        log_p, _ = read_text(adapter.session, ids[:count * n + 1], n, lambda length: (model_, updates["rms", True]),
+                                feed={adapter.lr: lr, adapter.decay: decay, adapter.statistics.eps: eps})
         got = weights(adapter)
         adapter.session.run(adapter.back_to_trained)
         return log_p, got
@@ -228,7 +230,7 @@ def test_the_statistics_in_rows_are_the_mean_square_of_a_batch_gradient(model):
     state; g of a batch is the gradient of the mean loss over both rows' windows, the mean of the rows' gradients."""
     n, batch = 3, 2
     statistics = model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split())  # 2 rows of 7
-    adapter = adapt.Adapter(model, statistics, stat_batch=batch)
+    adapter = DynamicEvaluation(model, statistics, stat_batch=batch)
     theta_0 = weights(adapter)
     rows = np.reshape(statistics[:len(statistics) // batch * batch], [batch, -1])
     zero = np.zeros([model.config.num_layers, 2, 1, model.config.hidden_size], np.float32)
@@ -241,53 +243,56 @@ def test_the_statistics_in_rows_are_the_mean_square_of_a_batch_gradient(model):
             g.append(g_b)
         squares.append({name: ((g[0][name].astype(np.float64) + g[1][name]) / 2) ** 2 for name in theta_0})
     rms = {name: np.sqrt(np.mean([s[name] for s in squares], axis=0)) for name in theta_0}
-    adapter.gather_statistics(n)
-    got = dict(zip([v.op.name for v in adapter.variables], adapter.session.run(adapter.rms)))
+    adapter.statistics.gather(n)
+    got = dict(zip([v.op.name for v in adapter.variables], adapter.session.run(adapter.statistics.rms)))
     for name in rms:
         np.testing.assert_allclose(got[name], rms[name], rtol=1e-4, atol=1e-7, err_msg=name)
-    assert adapter.session.run(adapter.mean_rms) == pytest.approx(np.mean([r.mean() for r in rms.values()]), rel=1e-4)
-    assert adapt.Adapter(model, statistics, stat_batch=4).statistics_problem(n) == (
+    mean_rms = np.mean([r.mean() for r in rms.values()])
+    assert adapter.session.run(adapter.statistics.mean_rms) == pytest.approx(mean_rms, rel=1e-4)
+    assert DynamicEvaluation(model, statistics, stat_batch=4).statistics.problem(n) == (
         "the RMS form's statistics text has 2 words to predict in each of 4 rows, fewer than a window of 3")
 
 
 def test_the_statistics_of_each_window_are_gathered_once(model):
     """A search goes back to a window length it gathered statistics for: the same rms, not a second gathering."""
-    adapter = adapt.Adapter(model, model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split()))
-    add_squares, windows = adapter.add_squares, []
-    adapter.add_squares = lambda window: windows.append(window) or add_squares(window)
+    text = model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split())
+    adapter = DynamicEvaluation(model, text)
+    add_squares, windows = adapter.statistics.add_squares, []
+    adapter.statistics.add_squares = lambda window: windows.append(window) or add_squares(window)
     gathered = []
     for window in (4, 3, 4):
-        adapter.gather_statistics(window)
-        gathered.append(adapter.session.run(adapter.rms + [adapter.mean_rms]))
+        adapter.statistics.gather(window)
+        gathered.append(adapter.session.run(adapter.statistics.rms + [adapter.statistics.mean_rms]))
     assert windows == [4, 3]
     assert all(np.array_equal(a, b) for a, b in zip(gathered[0], gathered[2]))
     assert not all(np.array_equal(a, b) for a, b in zip(gathered[0], gathered[1]))
 
 
 def test_statistics_stored_are_read_back_for_the_same_weights_and_text_only(model, tmp_path):
-    """What tune keeps for eval: the rms of one window, taken by an Adapter of the same weights and statistics text,
-    not gathered again; another text, or another file, and they are gathered as without it."""
+    """What tune keeps for eval: the rms of one window, taken by a DynamicEvaluation of the same weights and statistics
+    text, not gathered again; another text, or another file, and they are gathered as without it."""
     text = model.encode("<eos> the dog sat on the cat <eos> the cat the sat on the dog".split())
-    first = adapt.Adapter(model, text)
-    first.gather_statistics(4)
+    first = DynamicEvaluation(model, text)
+    first.statistics.gather(4)
     path = str(tmp_path / checkpoint.ADAPT_RMS)
-    first.save_statistics(path, [4])
-    stored = first.session.run(first.rms + [first.mean_rms])
-    again = adapt.Adapter(model, text)
-    add_squares, windows = again.add_squares, []
-    again.add_squares = lambda window: windows.append(window) or add_squares(window)
-    assert again.load_statistics(path) == [4]
-    again.gather_statistics(4)
-    assert windows == [] and again.gathering_seconds == first.gathering_seconds
-    assert all(np.array_equal(a, b) for a, b in zip(stored, again.session.run(again.rms + [again.mean_rms])))
-    again.gather_statistics(3)  # a window the file does not hold: gathered
+    first.statistics.save(path, [4])
+    stored = first.session.run(first.statistics.rms + [first.statistics.mean_rms])
+    again = DynamicEvaluation(model, text)
+    add_squares, windows = again.statistics.add_squares, []
+    again.statistics.add_squares = lambda window: windows.append(window) or add_squares(window)
+    assert again.statistics.load(path) == [4]
+    again.statistics.gather(4)
+    assert windows == [] and again.statistics.seconds == first.statistics.seconds
+    read_back = again.session.run(again.statistics.rms + [again.statistics.mean_rms])
+    assert all(np.array_equal(a, b) for a, b in zip(stored, read_back))
+    again.statistics.gather(3)  # a window the file does not hold: gathered
     assert windows == [3]
-    assert adapt.Adapter(model, text[:-1]).load_statistics(path) == []  # another text
+    assert DynamicEvaluation(model, text[:-1]).statistics.load(path) == []  # another text
     for junk in (b"", b"not an npz"):
         with open(path, "wb") as f:
             f.write(junk)
-        assert adapt.Adapter(model, text).load_statistics(path) == []
-    assert adapt.Adapter(model, text).load_statistics(str(tmp_path / "none.npz")) == []
+        assert DynamicEvaluation(model, text).statistics.load(path) == []
+    assert DynamicEvaluation(model, text).statistics.load(str(tmp_path / "none.npz")) == []
 
 
 def test_eval_in_the_rms_form_and_its_flags(trained):
@@ -353,7 +358,7 @@ def test_tune_writes_what_eval_tuned_applies(trained, folder, model, adapter):
     before = snapshot(folder)
     tuned = run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt")
     assert tuned.returncode == 0, tuned.stderr
-    passes = adapt.SGD_SEARCH.passes
+    passes = tune.SGD_SEARCH.passes
     assert re.search(rf"^dynamic {passes}/{passes}: ", tuned.stdout, re.M) and "cache, finer: size=" in tuned.stdout
     after = snapshot(folder)
     after.pop(os.path.join(folder, checkpoint.ADAPT))
@@ -389,7 +394,7 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
     tuned = run_lm("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt",
                    *(f"--{k}={v}" for k, v in rms.items()))
     assert tuned.returncode == 0, tuned.stderr
-    passes = adapt.RMS_SEARCH.passes
+    passes = tune.RMS_SEARCH.passes
     assert re.search(rf"^dynamic_rms {passes}/{passes}: ", tuned.stdout, re.M)
     with open(os.path.join(folder, checkpoint.ADAPT)) as f:
         record = json.load(f)
@@ -408,7 +413,7 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
         after.pop(os.path.join(folder, name))
     assert after == before
     statistics = lm.read_ids(model, rms["dynamic_rms"])[:501]
-    assert adapt.Adapter(model, statistics).load_statistics(os.path.join(folder, checkpoint.ADAPT_RMS)) == [window]
+    assert DynamicEvaluation(model, statistics).statistics.load(os.path.join(folder, checkpoint.ADAPT_RMS)) == [window]
     applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt",
                      *adapt.flags_text(adapt.settings_of(record, "dynamic_rms")).split())
     assert perplexity_printed(applied) == pytest.approx(record["dynamic_rms"]["test"], abs=0.0015)
@@ -424,7 +429,7 @@ def test_tune_searches_the_rms_form_when_given_its_statistics(trained, folder, m
         json.dump(record, f)
     applied = run_lm("eval", f"--save_path={folder}", f"--input={corpus}/ptb.test.txt", "--adapt=tuned")
     settings = adapt.settings_of(record, "both")
-    expected = adapt.evaluate(adapt.Adapter(model, lm.read_ids(model, rms["dynamic_rms"])),
+    expected = adapt.evaluate(DynamicEvaluation(model, lm.read_ids(model, rms["dynamic_rms"])),
                               lm.read_ids(model, f"{corpus}/ptb.test.txt"), settings)
     assert perplexity_printed(applied) == pytest.approx(expected, abs=0.0015)
     assert applied.stdout.strip().endswith(adapt.flags_text(settings)) and "stat_words" not in applied.stdout
@@ -463,6 +468,17 @@ def test_eval_tuned_refuses_a_bad_adapt_json(trained, folder):
                           r"^error: .*adapt.json holds dynamic_stat_batch=0: give an integer of at least 1 .*; rerun")
 
 
+@pytest.mark.parametrize("record", [[], None, "dynamic", 3, {"best": 3}, {"best": []}, {"best": "cache", "cache": []},
+                                    {"best": "cache", "cache": {"cache_size": 100}}])
+def test_adapt_json_of_another_shape_is_refused(tmp_path, record):
+    """Valid JSON that tune did not write (a list, null, a string, a method without its settings): the message
+    eval --adapt=tuned prints in one line, as for a file that is not JSON (the test above)."""
+    (tmp_path / checkpoint.ADAPT).write_text(json.dumps(record))
+    with pytest.raises(checkpoint.CheckpointError, match=r"adapt.json is not one lm.py tune wrote \(.*\): rerun lm.py "
+                                                         "tune$"):
+        adapt.read_tuned(str(tmp_path))
+
+
 def test_ctrl_c_in_tune_ends_with_one_line_and_keeps_its_progress_whole(trained, folder, tmp_path):
     corpus = trained[1]
     # A valid text 100 times the fixture's: what follows the first dynamic pass then takes tens of seconds, not
@@ -498,7 +514,7 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
     valid, test = (lm.read_ids(model, f"{corpus}/ptb.{name}.txt") for name in ("valid", "test"))
     rms = dict(dynamic_rms="train", dynamic_stat_words=500, dynamic_stat_batch=1, dynamic_eps=0.002)
     statistics = lm.read_ids(model, f"{corpus}/ptb.train.txt")[:501]
-    whole = adapt.tune(adapt.Adapter(model, statistics), valid, test, say=lambda line: None, rms=rms)
+    whole = tune.tune(DynamicEvaluation(model, statistics), valid, test, say=lambda line: None, rms=rms)
     identity = {"sha256": "the same", **rms}
 
     def stop_at(prefix, seen):
@@ -511,21 +527,21 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
     # Where it stops; the windows whose statistics it kept; the dynamic passes the rerun makes (each method's test pass
     # follows its search: before the RMS form's, the plain form's is done); whether it runs again the pass both is
     # built on (None: whether that pass came before the stop depends on the fixture).
-    sgd, rms_passes, windows = adapt.SGD_SEARCH.passes, adapt.RMS_SEARCH.passes, adapt.RMS_SEARCH.windows
-    every = sorted((adapt.RMS_SEARCH.window,) + windows)
-    for stop, kept, passes_again, rerun in (("dynamic_rms 2/", [adapt.RMS_SEARCH.window], rms_passes - 2 + 2, None),
+    sgd, rms_passes, windows = tune.SGD_SEARCH.passes, tune.RMS_SEARCH.passes, tune.RMS_SEARCH.windows
+    every = sorted((tune.RMS_SEARCH.window,) + windows)
+    for stop, kept, passes_again, rerun in (("dynamic_rms 2/", [tune.RMS_SEARCH.window], rms_passes - 2 + 2, None),
                                             ("dynamic_rms: chosen", every, 2, True),
                                             ("dynamic_rms: test", every, 1, True)):
         folder, first, second, calls = str(tmp_path / stop.replace(" ", "_")), [], [], []
         os.makedirs(folder)
         with pytest.raises(KeyboardInterrupt):
-            adapt.tune(adapt.Adapter(model, statistics), valid, test, stop_at(stop, first), rms,
-                       adapt.TuneProgress(folder, identity))
-        again = adapt.Adapter(model, statistics)
-        assert again.load_statistics(os.path.join(folder, checkpoint.ADAPT_RMS)) == kept
+            tune.tune(DynamicEvaluation(model, statistics), valid, test, stop_at(stop, first), rms,
+                      tune.TuneProgress(folder, identity))
+        again = DynamicEvaluation(model, statistics)
+        assert again.statistics.load(os.path.join(folder, checkpoint.ADAPT_RMS)) == kept
         dynamic_pass = again.dynamic_pass
         again.dynamic_pass = lambda *args, **kwargs: calls.append(args[1:]) or dynamic_pass(*args, **kwargs)
-        resumed = adapt.tune(again, valid, test, second.append, rms, adapt.TuneProgress(folder, identity))
+        resumed = tune.tune(again, valid, test, second.append, rms, tune.TuneProgress(folder, identity))
         before_stop = [line.split(" (")[0] for line in first if line.startswith("dynamic")]
         assert [line.split(" (")[0] for line in second if line.startswith("dynamic")][:len(before_stop)] == before_stop
         reran = any(line.startswith("both: the pass of") for line in second)
@@ -539,8 +555,8 @@ def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model
                     assert resumed[method][k] == (pytest.approx(v, rel=1e-5) if isinstance(v, float) else v), \
                         (stop, method, k)
     # Another identity (weights, texts, settings or grids): nothing is read back, and the file is said to be another's.
-    assert adapt.TuneProgress(folder, identity).done
-    other = adapt.TuneProgress(folder, {**identity, "dynamic_eps": 0.001})
+    assert tune.TuneProgress(folder, identity).done
+    other = tune.TuneProgress(folder, {**identity, "dynamic_eps": 0.001})
     assert other.done == {} and other.foreign
 
 
@@ -549,17 +565,17 @@ def test_a_stop_during_the_first_pass_at_a_window_keeps_its_statistics(trained, 
     pass (on medium, 10-30 minutes of gathering) does not lose them."""
     valid = lm.read_ids(model, f"{trained[1]}/ptb.valid.txt")
     statistics = lm.read_ids(model, f"{trained[1]}/ptb.train.txt")[:501]
-    adapter = adapt.Adapter(model, statistics)
+    adapter = DynamicEvaluation(model, statistics)
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt  # a Ctrl-C during the pass
 
     adapter.dynamic_pass = stopped
     with pytest.raises(KeyboardInterrupt):
-        adapt.search_dynamic(adapter, valid, None, adapt.RMS_SEARCH, lambda line: None, eps=0.002,
-                             progress=adapt.TuneProgress(str(tmp_path), {"sha256": "the same"}))
+        tune.search_dynamic(adapter, valid, None, tune.RMS_SEARCH, lambda line: None, eps=0.002,
+                            progress=tune.TuneProgress(str(tmp_path), {"sha256": "the same"}))
     path = os.path.join(tmp_path, checkpoint.ADAPT_RMS)
-    assert adapt.Adapter(model, statistics).load_statistics(path) == [adapt.RMS_SEARCH.window]
+    assert DynamicEvaluation(model, statistics).statistics.load(path) == [tune.RMS_SEARCH.window]
 
 
 def test_tune_rerun_reads_back_its_progress_file(trained, folder, model):
@@ -567,9 +583,9 @@ def test_tune_rerun_reads_back_its_progress_file(trained, folder, model):
     is read back and steers the choice, and goes once adapt.json is written; another tune's is replaced, with a note."""
     corpus = trained[1]
     valid, test = (lm.read_ids(model, f"{corpus}/ptb.{name}.txt") for name in ("valid", "test"))
-    identity = {"sha256": adapt.Adapter(model).digest(valid, test, []), "grids": adapt.GRIDS}
-    first = adapt.flags_text(dict(dynamic_lr=adapt.SGD_SEARCH.lrs[0], dynamic_decay=0.0,
-                                  dynamic_window=adapt.SGD_SEARCH.window))
+    identity = {"sha256": DynamicEvaluation(model).digest(valid, test, []), "grids": tune.GRIDS}
+    first = adapt.flags_text(dict(dynamic_lr=tune.SGD_SEARCH.lrs[0], dynamic_decay=0.0,
+                                  dynamic_window=tune.SGD_SEARCH.window))
     path = os.path.join(folder, checkpoint.ADAPT_PROGRESS)
     command = ("tune", f"--save_path={folder}", f"--valid={corpus}/ptb.valid.txt", f"--input={corpus}/ptb.test.txt")
     for planted, resumed in ((identity, True), ({**identity, "sha256": "other weights"}, False)):
@@ -580,7 +596,7 @@ def test_tune_rerun_reads_back_its_progress_file(trained, folder, model):
         assert tuned.returncode == 0, tuned.stderr
         assert ("Resuming: " in tuned.stdout) == resumed
         assert ("holds another tune's progress" in tuned.stderr) == (not resumed)
-        assert (f"dynamic 1/{adapt.SGD_SEARCH.passes}: {first}: valid 1.000 (measured before a stop)"
+        assert (f"dynamic 1/{tune.SGD_SEARCH.passes}: {first}: valid 1.000 (measured before a stop)"
                 in tuned.stdout) == resumed
         with open(os.path.join(folder, checkpoint.ADAPT)) as f:
             record = json.load(f)

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+import in_process
 from conftest import ROOT, write_corpus
 
 SENTENCES = "".join(f" the {a} sat on the {b}\n" for a in ("cat", "dog", "rat") for b in ("mat", "rug")) * 40
@@ -72,13 +73,19 @@ def env(tmp_path_factory):
                                                                     **fields}))
 
     variant("noindex", lambda d: os.remove(d / "checkpoint"))
+    variant("junkindex", lambda d: (d / "checkpoint").write_bytes(bytes(range(256))))
+    variant("staleindex", lambda d: (d / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-999"\n'))
     variant("truncated", lambda d: [open(p, "r+b").truncate(100) for p in d.glob("model.ckpt-*.data-*")])
     variant("badcell", edit_config(cell="tree"))
     variant("badsize", edit_config(hidden_size=2.5))
     variant("badjson", lambda d: (d / "config.json").write_text("{not json"))
+    variant("tied", edit_config(tie_embeddings=True))  # an untied run's weights: softmax_w would be dropped
+    variant("dupvocab", lambda d: (d / "vocab.txt").write_text((d / "vocab.txt").read_text().replace("dog\n", "cat\n")))
     variant("noeos", lambda d: (d / "vocab.txt").write_text((d / "vocab.txt").read_text().replace("<eos>", "<s>")))
     variant("nonfinite", poison)
-    variant("legacy", lambda d: [os.remove(d / f) for f in ("run.json", ".lock")])  # as written before run.json
+    variant("legacy", lambda d: os.remove(d / "run.json"))  # as written before run.json
+    variant("badmetrics", lambda d: (d / "metrics.jsonl").write_bytes((d / "metrics.jsonl").read_bytes()[:-9]
+                                                                      + b"\x00junk\n"))
     variant("badmarker", lambda d: (d / "run.json").write_text('{"written_by": "me"}\n'))
     # Folders of the user's own files, and a corpus of the same vocabulary size but other words.
     for name, files in {"notes": {"notes.txt": "my notes\n"}, "userconfig": {"config.json": '{"lr": 3}\n'},
@@ -92,11 +99,13 @@ def env(tmp_path_factory):
     paths["other"] = write_corpus(root / "other", SENTENCES.replace("cat", "cow"))
     paths["shortvalid"] = write_corpus(root / "shortvalid", SENTENCES, valid=" the cat sat on the mat\n" * 2)
     paths["fifo_corpus"] = write_corpus(root / "fifo_corpus", SENTENCES)
+    paths["one_word_corpus"] = write_corpus(root / "one_word_corpus", "cat cat cat")
     os.remove(root / "fifo_corpus" / "ptb.train.txt")
     os.mkfifo(root / "fifo_corpus" / "ptb.train.txt")
     os.mkfifo(root / "fifo")
     (root / "file").write_text("a file, not a folder\n")
     (root / "one_word.txt").write_text("cat")  # no line end, so no <eos>: one word
+    (root / "two_words.txt").write_text("the cat")
     (root / "latin1.txt").write_bytes("caf\xe9 the cat\n".encode("latin-1"))
     (root / "glove_nan.txt").write_text("cat nan 1\n")
     paths["folder"], paths["fifo"] = str(root / "folder"), str(root / "fifo")
@@ -133,6 +142,8 @@ CASES = [
     (T, ["--seed=2147483648"], FLAG.format("seed=2147483648"), 2),
     (T, ["--train_words=0"], FLAG.format("train_words=0"), 2),
     (T, ["--train_words=-10"], FLAG.format("train_words=-10"), 2),
+    (T, ["--data_path={one_word_corpus}"], r"^error: .*one_word_corpus/ptb.train.txt has one word in its vocabulary, "
+                                           r"'cat' \(and no line end, read as <eos>\): a language model needs two", 2),
     (T, ["--max_vocab=2"], FLAG.format("max_vocab=2") + r"of at least 3 \(<eos>, <unk> and one word\)", 2),
     (T, ["--max_vocab=0"], FLAG.format("max_vocab=0"), 2),
     (T, ["--max_max_epoch=-1"], FLAG.format("max_max_epoch=-1") + "of at least 0", 2),
@@ -163,9 +174,12 @@ CASES = [
     (T, ["--embedding_file={folder}"], "^error: --embedding_file=.*folder is not a regular file", 2),
     (T, ["--embedding_file={root}/none.txt"], "^error: --embedding_file=.*none.txt not found", 2),
     (T, ["--embedding_file={fifo}"], "^error: --embedding_file=.*fifo is not a regular file", 2),
+    (T, ["--save_path={ckpt}", "--embedding_file={root}/glove_nan.txt"], "^error: .*glove_nan.txt, line 1: not a "
+                                                                         "word followed by 2 finite", 2),  # resumed
     (T, ["--embedding_file={root}/glove_nan.txt"], "^error: .*glove_nan.txt, line 1: not a word followed by 2 finite",
      2),
-    (T, ["--save_path={root}/file/run"], "^error: cannot write to --save_path=.*file/run", 2),
+    (T, ["--save_path={root}/file/run"], "^error: --save_path=.*file/run is under .*file, a file, not a folder: "
+                                         "choose a folder path$", 2),
     (T, ["--save_path={root}/new/run", "--data_path=/nonexistent"], "^error: data folder /nonexistent does not", 2),
     (T, ["--save_path={root}/notes"], r"^error: --save_path=.*notes holds files a training run did not write "
                                       r"\(notes.txt\)", 2),
@@ -177,8 +191,12 @@ CASES = [
     (T, ["--save_path={root}/usernote"], NOT_OURS.format("usernote", "checkpoint"), 2),
     (T, ["--save_path={root}/userrun"], "^error: {root}/userrun/run.json is not one a training run wrote: give an "
                                         "empty or a new --save_path$", 2),
-    (T, ["--save_path={badmarker}"], "^error: {badmarker}/run.json is not one a training run wrote: give an empty or "
-                                     "a new --save_path$", 2),
+    (T, ["--save_path={badmarker}"], "^error: {badmarker}/run.json is damaged, or not one a training run wrote, beside "
+                                     "a run's weights: remove run.json to resume that run \\(the same command adopts "
+                                     "the folder\\), or give another --save_path$", 2),
+    (T, ["--save_path={badmetrics}"], "^error: {badmetrics}/metrics.jsonl is damaged, or not one this program wrote "
+                                      r"\(.*\): repair it, or remove it to resume \(its epochs' records are lost, the "
+                                      r"weights kept\)$", 2),
     (T, ["--save_path={ckpt}", "--train_words=1000"], "^error: {ckpt} holds a run whose epoch is 1680 training words, "
                                                       "the command's is 1000: resume with that run's --train_words "
                                                       "and --data_path, or give another --save_path$", 2),
@@ -207,6 +225,11 @@ CASES = [
     (L, ["generate", "--save_path={ckpt}", "--temperature=nan"], FLAG.format(r"temperature=nan"), 2),
     (L, ["generate", "--save_path={ckpt}", "--seed=-1"], FLAG.format("seed=-1"), 2),
     (L, ["generate", "--save_path={ckpt}", "--num_words=0"], FLAG.format("num_words=0"), 2),
+    (L, ["generate", "--save_path={ckpt}", "--num_words=10000000"], FLAG.format("num_words=10000000") + "from 1 to "
+                                                                    r"100000 \(printed as they are drawn\)", 2),
+    (L, ["nearest", "--save_path={ckpt}", "--word=cat", "--top_k=100000"], r"^error: --top_k=100000: give a number "
+                                                                          "from 1 to the number of other words in "
+                                                                          r"the vocabulary, \d+$", 2),
     (L, ["predict", "--save_path={ckpt}", "--top_k=0", "--context=the"], FLAG.format("top_k=0"), 2),
     (L, ["generate", "--save_path={ckpt}", "--top_k=100000"], r"^error: --top_k=100000: give a number from 1 to the "
                                                               r"vocabulary size, 9", 2),
@@ -218,17 +241,25 @@ CASES = [
     (L, ["eval", "--save_path={ckpt}", "--input={root}/one_word.txt"], "^error: --input=.*one_word.txt holds one "
                                                                        "word: a perplexity needs two or more", 2),
     (L, ["eval", "--save_path={ckpt}", "--input={root}/latin1.txt"], "^error: .*latin1.txt is not UTF-8 text", 2),
-    (L, ["score", "--save_path={ckpt}", "--input={root}/latin1.txt"], "^error: cannot read --input=.*latin1.txt", 2),
+    (L, ["score", "--save_path={ckpt}", "--input={root}/latin1.txt"], r"^error: --input=.*latin1.txt is not UTF-8 "
+                                                                      r"text \(byte 3\)", 2),
     (L, ["export", "--save_path={ckpt}"], "^error: export needs --export_dir=FOLDER", 2),
     (L, ["export", "--save_path={ckpt}", "--export_dir={root}/file"], "^error: --export_dir=.*file exists already", 2),
-    (L, ["export", "--save_path={ckpt}", "--export_dir={root}/file/model"], "^error: cannot create --export_dir=.*"
-                                                                            "file/model", 2),
-    (L, ["projector", "--save_path={ckpt}", "--export_dir={root}/file/p"], "^error: cannot create --export_dir", 2),
+    (L, ["export", "--save_path={ckpt}", "--export_dir={root}/file/model"], "^error: --export_dir=.*file/model is "
+                                                                            "under .*file, a file, not a folder", 2),
+    (L, ["projector", "--save_path={ckpt}", "--export_dir={root}/file/p/q"], "^error: --export_dir=.*file/p/q is "
+                                                                            "under .*file, a file, not a folder", 2),
     (L, ["projector", "--save_path={ckpt}"], "^error: projector needs --export_dir=FOLDER", 2),
     (L, ["nearest", "--save_path={ckpt}"], "^error: nearest needs --word=WORD", 2),
     (L, ["nearest", "--save_path={ckpt}", "--word=zebra"], "^error: 'zebra' is not in the vocabulary", 2),
     (L, ["generate", "--save_path={root}/none"], "^error: no checkpoint folder .*none", 2),
     (L, ["generate", "--save_path={noindex}"], "^error: .*noindex holds weights .* but no 'checkpoint' file", 2),
+    (L, ["generate", "--save_path={junkindex}"], r"^error: .*junkindex holds weights \(model.ckpt-\d+\) but a "
+                                                 r"'checkpoint' file that is damaged \(not the index a training "
+                                                 r"writes\): restore that file", 2),
+    (L, ["generate", "--save_path={staleindex}"], r"^error: .*staleindex holds weights \(model.ckpt-\d+\) but a "
+                                                  "'checkpoint' file that names model.ckpt-999, which is not there: "
+                                                  "restore that file", 2),
     (L, ["eval", "--save_path={truncated}", "--input={corpus}/ptb.test.txt"], "^error: cannot read the weights .*: "
                                                                               "the file is damaged", 2),
     (L, ["generate", "--save_path={badcell}"], r"^error: .*config.json is not a config .* \(cell='tree': give one of "
@@ -237,15 +268,36 @@ CASES = [
                                                "integer", 2),
     (L, ["generate", "--save_path={badjson}"], r"^error: .*config.json is not a config this program wrote", 2),
     (L, ["generate", "--save_path={noeos}"], "^error: the vocabulary has no <eos>", 2),
+    (L, ["generate", "--save_path={tied}"], r"^error: the weights .*tied/model.ckpt-\d+ hold Model/softmax_w, which "
+                                            r"the config.json beside them has no place for \(tie_embeddings\?\)", 2),
+    (L, ["generate", "--save_path={dupvocab}"], r"^error: .*dupvocab/vocab.txt holds the word 'cat' twice \(lines "
+                                                r"\d+ and \d+\): keep the files of one training run together$", 2),
     (L, [*EVAL, "--cache_size=0"], FLAG.format("cache_size=0") + r"of at least 1 \(the positions the cache holds\)", 2),
-    (L, [*EVAL, "--cache_theta=-0.5"], FLAG.format(r"cache_theta=-0.5") + "of at least 0", 2),
-    (L, [*EVAL, "--cache_lambda=1.5"], FLAG.format(r"cache_lambda=1.5") + "from 0 to 1", 2),
+    (L, [*EVAL, "--cache_theta=-0.5"], FLAG.format(r"cache_theta=-0.5") + r"from 0 to 1000 \(tune", 2),
+    (L, [*EVAL, "--cache_lambda=1.5"], FLAG.format(r"cache_lambda=1.5") + r"from 0 up to \(not including\) 1", 2),
     (L, [*EVAL, "--cache_lambda=-0.1"], FLAG.format(r"cache_lambda=-0.1"), 2),
     (L, [*EVAL, "--dynamic_lr=-0.01"], FLAG.format(r"dynamic_lr=-0.01") + "from 0 to 3.4e38", 2),
     (L, [*EVAL, "--dynamic_lr=nan"], FLAG.format(r"dynamic_lr=nan"), 2),
     (L, [*EVAL, "--dynamic_decay=-0.1"], FLAG.format(r"dynamic_decay=-0.1") + "from 0 to 1", 2),
     (L, [*EVAL, "--dynamic_decay=1.5"], FLAG.format(r"dynamic_decay=1.5"), 2),
     (L, [*EVAL, "--dynamic_window=0"], FLAG.format("dynamic_window=0") + "of at least 1", 2),
+    (L, [*EVAL, "--cache_theta=1e308"], FLAG.format(r"cache_theta=1e\+308") + "from 0 to 1000", 2),
+    (L, [*EVAL, "--cache_lambda=1"], FLAG.format(r"cache_lambda=1.0") + r"from 0 up to \(not including\) 1", 2),
+    (L, [*EVAL, "--dynamic_lr=1e30", "--dynamic_window=5"], r"^Stopped: dynamic evaluation diverged \(perplexity inf "
+                                                          r"with --dynamic_lr=1e\+30 --dynamic_decay=0 "
+                                                          r"--dynamic_window=5\): give a smaller --dynamic_lr$", 3),
+    (L, ["predict", "--save_path={ckpt}", "--context=the", "--cache_size=5"],
+     r"^error: --cache_size is not used by predict \(only by eval\): leave it out$", 2),
+    (L, ["generate", "--save_path={ckpt}", "--dynamic_eps=0.1"], r"^error: --dynamic_eps is not used by generate "
+                                                                 r"\(only by eval, tune\): leave it out$", 2),
+    (L, ["score", "--save_path={ckpt}", "--word=cat"], r"^error: --word is not used by score \(only by nearest\)", 2),
+    (L, [*EVAL, "the"], "^error: unexpected argument 'the': flags are written --name=value; python lm.py --help "
+                        "lists them$", 2),
+    (T, ["--model=small", "small"], "^error: unexpected argument 'small': flags are written --name=value; python "
+                                    "ptb_word_lm.py --help lists them$", 2),
+    (L, ["tune", "--save_path={ckpt}", "--valid={root}/two_words.txt", "--input={corpus}/ptb.test.txt"],
+     r"^error: --valid=.*two_words.txt holds 1 word to predict, fewer than tune's longest window \(35\): give a "
+     "longer text", 2),
     (L, [*EVAL, "--cache_size=10"], "^error: the cache needs --cache_size, --cache_theta and --cache_lambda", 2),
     (L, [*EVAL, "--dynamic_decay=0.1"], "^error: dynamic evaluation needs --dynamic_lr and --dynamic_window", 2),
     (L, [*EVAL, "--adapt=tuned", "--dynamic_lr=0.1"], "^error: --adapt=tuned takes the values lm.py tune chose: "
@@ -280,9 +332,37 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("program, args, message, code", CASES, ids=[f"{c[0][:2]}-{' '.join(c[1])[:60]}"
-                                                                     for c in CASES])
-def test_bad_input(env, program, args, message, code):
+# The cases also run as processes of their own (`python PROGRAM ARGS`), for what only a process shows: the exit status,
+# nothing on stderr but the one line (TensorFlow's C++ logging included), no traceback. One or two of each kind:
+# refused while parsing (before TensorFlow's import), a corpus, a run folder, a checkpoint, an lm.py command, a
+# divergence, benchmark.py.
+PROCESS_LEVEL = [
+    (T, ("--keep_prob=0",)),
+    (T, ("--model=small", "small")),
+    (T, ("--data_path=/nonexistent/ptb",)),
+    (T, ("--embedding_file={root}/glove_nan.txt",)),
+    (T, ("--save_path={badmarker}",)),
+    (T, ("--save_path={nonfinite}",)),
+    (L, ("generate", "--save_path={nonfinite}")),
+    (L, ("predict", "--save_path={ckpt}", "--context=the", "--cache_size=5")),
+    (L, ("tune", "--save_path={ckpt}", "--valid={root}/two_words.txt", "--input={corpus}/ptb.test.txt")),
+    (L, (*EVAL, "--dynamic_lr=1e30", "--dynamic_window=5")),
+    (B, ("--steps=0",)),
+    (B, ("--modes=cudnn",)),
+]
+
+
+@pytest.fixture(scope="module")
+def programs():
+    """Each program in one process of its own that runs case after case (tests/in_process.py)."""
+    running = in_process.programs(T, L, B)
+    yield running
+    in_process.close(running)
+
+
+def check_case(env, program, args, message, code, run_case):
+    """Runs a case with run_case(program, args) and checks its outcome: the exit code, one line on stderr that
+    matches `message`, no traceback, and every file under env's root as it was."""
     args = [a.format(**env) for a in args]
     message = message.format(**{k: re.escape(v) for k, v in env.items()})
     if program == T and not any(a.startswith("--data_path") for a in args):
@@ -290,7 +370,7 @@ def test_bad_input(env, program, args, message, code):
     if program == T and not any(a.startswith("--model") for a in args):
         args.insert(0, "--model=test")
     before = snapshot(env["root"])
-    result = run(program, args, stdin="")
+    result = run_case(program, args)
     assert result.returncode == code, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -299,19 +379,45 @@ def test_bad_input(env, program, args, message, code):
     assert snapshot(env["root"]) == before  # nothing written, nothing changed, no folder left behind
 
 
-def test_a_folder_another_training_holds_is_refused_untouched(env):
+@pytest.mark.parametrize("program, args, message, code", CASES, ids=[f"{c[0][:2]}-{' '.join(c[1])[:60]}"
+                                                                     for c in CASES])
+def test_bad_input(env, programs, program, args, message, code):
+    check_case(env, program, args, message, code, lambda program, args: programs[program].run(args))
+
+
+PROCESS_CASES = [c for c in CASES if (c[0], tuple(c[1])) in PROCESS_LEVEL]
+
+
+@pytest.mark.parametrize("program, args, message, code", PROCESS_CASES,
+                         ids=[f"{c[0][:2]}-{' '.join(c[1])[:60]}" for c in PROCESS_CASES])
+def test_bad_input_as_a_process(env, program, args, message, code):
+    check_case(env, program, args, message, code, lambda program, args: run(program, args, stdin=""))
+
+
+def test_the_process_level_cases_are_cases():
+    assert len(PROCESS_CASES) == len(PROCESS_LEVEL)
+
+
+def test_a_folder_another_training_holds_is_refused_untouched(env, programs):
     """A training holds its folder's lock (here this test does) for its life: a second one is refused at its start."""
-    lock = os.path.join(env["ckpt"], ".lock")
-    fd = os.open(lock, os.O_RDWR)
+    fd = os.open(env["ckpt"], os.O_RDONLY | os.O_DIRECTORY)  # the folder itself, as a training locks it
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         before = snapshot(env["root"])
-        result = run(T, ["--model=test", f"--data_path={env['corpus']}", f"--save_path={env['ckpt']}"])
+        result = programs[T].run(["--model=test", f"--data_path={env['corpus']}", f"--save_path={env['ckpt']}"])
     finally:
         os.close(fd)
     assert (result.returncode, result.stderr) == (2, f"error: --save_path={env['ckpt']} is in use by another training "
                                                      "run: wait for it to end, or give another --save_path\n")
     assert snapshot(env["root"]) == before
+
+
+def test_latin1_on_standard_input_is_refused_as_the_same_file_is(env):
+    for command in ("score", "predict"):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, L), command, f"--save_path={env['ckpt']}"],
+                                input="caf\xe9 the cat\n".encode("latin-1"), capture_output=True, timeout=300, cwd=ROOT)
+        assert (result.returncode, result.stdout, result.stderr.decode()) == (
+            2, b"", "error: standard input is not UTF-8 text (byte 3): give UTF-8 text, one sentence per line\n")
 
 
 def test_there_are_at_least_sixty_cases():

@@ -1,4 +1,5 @@
 """ptb_word_lm.py run as a user runs it: a real training run and every bad input."""
+import errno
 import os
 import re
 import signal
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, write_corpus
+from tools import cli
 
 
 def run(*args):
@@ -60,13 +62,17 @@ def test_help_exits_0(program, flag):
     assert f"  {flag}: " in result.stdout and result.stdout.endswith("Try --helpfull to get a list of all flags.\n")
 
 
-# Runs a program with a hook that, at the first import beyond Python's own modules, prints SIGINT's handler.
+# Runs a program with a hook that, at the first import the program's own file makes of a module not yet loaded
+# (a standard module like json too, but cli's package), prints SIGINT's handler.
 FIRST_IMPORT = """
 import runpy, signal, sys
 class Hook:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("absl", "numpy", "tensorflow", "configs"):
-            print(name, getattr(signal.getsignal(signal.SIGINT), "__qualname__", None))
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename != {program!r}:
+            frame = frame.f_back
+        if frame is not None and name.split(".")[0] != "tools":
+            print(getattr(signal.getsignal(signal.SIGINT), "__qualname__", None))
             sys.exit(0)
 sys.meta_path.insert(0, Hook())
 sys.path.insert(0, {root!r})
@@ -79,7 +85,7 @@ def test_ctrl_c_is_one_line_from_the_first_slow_import_on(program):
     """cli installs its handler before it imports anything slow, and each program imports cli first."""
     script = FIRST_IMPORT.format(root=ROOT, program=os.path.join(ROOT, program))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert (result.returncode, result.stdout) == (0, "absl _on_signal\n"), result.stderr
+    assert (result.returncode, result.stdout) == (0, "_on_signal\n"), result.stderr
 
 
 # Runs a program with a hook that ends it, with exit code 3, where it would import TensorFlow (on stdout: tf1
@@ -109,7 +115,12 @@ def run_without_tensorflow(program, args):
     ("ptb_word_lm.py", ["--model=huge"], "error: flag --model=huge: value should be one of .*"),
     ("ptb_word_lm.py", ["--rnn_mode=blocks"], "error: flag --rnn_mode=blocks: value should be one of .*"),
     ("lm.py", ["eval", "--save_path=x", "--cache_lambda=2"], r"error: flag --cache_lambda=2.0: give a number from 0 "
-                                                             r"to 1; python lm.py --help lists the flags"),
+                                                             r"up to \(not including\) 1; python lm.py --help lists "
+                                                             "the flags"),
+    ("lm.py", ["generate", "--save_path=x", "--valid=v.txt"], r"error: --valid is not used by generate \(only by "
+                                                              r"tune\): leave it out"),
+    ("ptb_word_lm.py", ["small"], "error: unexpected argument 'small': flags are written --name=value; python "
+                                  "ptb_word_lm.py --help lists them"),
     ("lm.py", ["evaluate", "--save_path=x"], "error: give one command, one of generate, .*"),
     ("lm.py", ["eval"], "error: --save_path=DIR is needed: .*"),
     ("benchmark.py", ["--precisions=fp8"], "error: flag --precisions=.*: fp8 is not one of fp32, bf16, fp16: .*"),
@@ -177,3 +188,52 @@ def test_benchmark_times_lm_eval_with_adaptation():
     for _, wps, stats, against_epoch in statistics:
         assert float(stats) == pytest.approx(200000 / float(wps), abs=0.5 + float(stats) / 100)
         assert float(against_epoch) == pytest.approx(float(stats) / epoch, abs=0.005 + float(stats) / epoch / 100)
+
+
+@pytest.mark.parametrize("error, advice", [
+    (OSError(errno.ENOSPC, "No space left on device", "run/model.ckpt-41.meta"), "free space on that disk, or choose "
+                                                                                 "a folder on another one"),
+    (PermissionError(errno.EACCES, "Permission denied", "ckpt/adapt_progress.json"), "make it writable, or choose a "
+                                                                                     "folder you can write to"),
+    (OSError(errno.EROFS, "Read-only file system", "ckpt/adapt.json"), "make it writable, or choose a folder you can "
+                                                                       "write to"),
+    (OSError(0, "No space left on device; some TensorFlow framing", "run"), "free space on that disk, or choose a "
+                                                                            "folder on another one"),
+    (OSError(errno.EIO, "Input/output error", "run"), "free space or choose a writable folder"),
+])
+def test_a_refused_write_gets_the_advice_that_fits_its_cause(error, advice):
+    """A read-only folder (lm.py tune's progress file, say) is not told to free space, nor a full disk to find a
+    writable folder. (In-process: as root, the tests cannot be refused a write by permissions.)"""
+    assert cli.write_advice(error) == advice
+
+
+# benchmark.py with an import hook that makes torch missing, as on a machine without it.
+NO_TORCH = """
+import runpy, sys
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError("No module named 'torch'")
+sys.meta_path.insert(0, Hook())
+sys.path.insert(0, {root!r})
+sys.argv = [{program!r}, *{args!r}]
+runpy.run_path({program!r}, run_name="__main__")
+"""
+PYTORCH_LINE = r"pytorch   {} +\d+   this project's fast mode: \d+\.\d\d x"
+
+
+def test_benchmark_times_pytorch_where_torch_is_installed_and_says_so_where_not():
+    """--pytorch: a line per precision with PyTorch's words per second and the ratio, or one note without torch. Only
+    the lines' form is checked: no test depends on speed."""
+    args = ["--model=test", "--modes=fast", "--precisions=fp32,bf16", "--steps=1", "--pytorch"]
+    script = NO_TORCH.format(root=ROOT, program=os.path.join(ROOT, "benchmark.py"), args=args)
+    without = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert without.returncode == 0, without.stderr
+    assert without.stdout.splitlines()[-1] == "pytorch: not installed (pip install torch): not timed"
+    pytest.importorskip("torch")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), *args], capture_output=True,
+                            text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(PYTORCH_LINE.format("fp32     "), lines[-2]), result.stdout
+    assert re.fullmatch(PYTORCH_LINE.format("bf16     "), lines[-1]), result.stdout

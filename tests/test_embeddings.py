@@ -26,6 +26,8 @@ def test_load_glove_takes_the_vocabulary_words(tmp_path):
     ("a 1 x\n", "line 1: not a word followed by 2 finite numbers"),
     ("a 1 nan\n", "line 1: not a word followed by 2 finite numbers"),
     ("b inf 1\n", "line 1: not a word followed by 2 finite numbers"),
+    ("", "holds a vector for none of the vocabulary's 2 words"),
+    ("zzz 1 2\nyyy 3 4\n", "holds a vector for none of the vocabulary's 2 words"),
 ])
 def test_malformed_glove_files(tmp_path, text, message):
     path = tmp_path / "glove.txt"

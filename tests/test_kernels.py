@@ -9,23 +9,9 @@ import numpy as np
 import pytest
 
 from model import PTBModel, check_options
-from tools import kernels
+from tools.fast_variants import FastVariant
 from tools.tf1 import tf
 from test_model import TinyConfig, feed, random_batch
-
-
-class FastVariant(PTBModel):
-    """rnn_mode fast with its gradient stepping back in a tf.while_loop (backward "loop") or with split_lstm's
-    forward (forward "split", in training graphs of a known window), as benchmark.py times them."""
-
-    def __init__(self, *args, backward="unroll", forward="block", **kwargs):
-        self.backward, self.forward = backward, forward
-        super().__init__(*args, **kwargs)
-
-    def lstm_layer(self, x, c, h, kernel, bias):
-        forward = self.forward if self.is_training and self.num_steps is not None else "block"
-        return kernels.fast_block_lstm(x, c, h, kernel, bias, self.precision, unroll=self.backward == "unroll",
-                                       forward=forward)
 
 
 def tiny(**options):
@@ -49,9 +35,11 @@ def build_models(config, *specs, is_training=False, batch_size=4):
         models = []
         for i, (mode, num_steps, *fast) in enumerate(specs):
             with tf.variable_scope("Model", reuse=i > 0, initializer=initializer):
-                options = dict(zip(("backward", "forward"), fast)) if mode == "fast" else {}
-                model_class = FastVariant if options else PTBModel
-                models.append(model_class(is_training, config, batch_size, num_steps, mode, **options))
+                if mode == "fast" and fast:  # backward "unroll" or "loop", forward "block" or "split"
+                    options = dict(unroll=fast[0] == "unroll", **dict(zip(("forward",), fast[1:])))
+                    models.append(FastVariant(is_training, config, batch_size, num_steps, mode, options=options))
+                else:
+                    models.append(PTBModel(is_training, config, batch_size, num_steps, mode))
         state_shape = [config.num_layers, 2, 4, config.hidden_size]
         probe = tf.constant(np.random.RandomState(3).normal(size=state_shape).astype(np.float32))
         fetches = []
@@ -153,7 +141,7 @@ def test_split_forward_matches_basic(embedding_size):
                                             is_training=True)
     basic, split = run_all(session, models, fetches, config)
     assert_same(split, basic, rtol=1e-5, atol=1e-6)
-    assert models[1].forward == "split"
+    assert models[1].options["forward"] == "split"
     assert "BlockLSTM" not in {op.type for op in session.graph.get_operations()}
 
 
@@ -169,7 +157,7 @@ def test_split_forward_only_where_the_window_is_known():
     """Evaluation graphs, and training graphs of any window length, keep BlockLSTM's forward."""
     for is_training, num_steps in ((False, 5), (True, None)):
         with tf.Graph().as_default():
-            FastVariant(is_training, tiny(), 4, num_steps, "fast", forward="split")
+            FastVariant(is_training, tiny(), 4, num_steps, "fast", options=dict(forward="split"))
             assert "BlockLSTM" in {op.type for op in tf.get_default_graph().get_operations()}
 
 

@@ -1,14 +1,17 @@
 """lm.py on a model trained inside the test: generate, predict, score, eval, export, bad input."""
+import atexit
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import in_process
 import lm
 from conftest import ROOT, write_corpus
 from test_cli import assert_one_line_error, run as run_trainer
@@ -37,9 +40,16 @@ def model(trained):
     return lm.LanguageModel(trained[0])
 
 
+_running = {}
+
+
 def run_lm(*args, stdin=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "lm.py"), *args], input=stdin,
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    """`python lm.py ARGS` as a user runs it, in one process that runs one command line after another
+    (tests/in_process.py): its exit code, stdout and stderr."""
+    if "lm" not in _running:
+        _running["lm"] = in_process.Program("lm.py")
+        atexit.register(_running["lm"].close)
+    return _running["lm"].run(list(args), stdin or "")
 
 
 def test_same_seed_same_text(model):
@@ -159,6 +169,24 @@ def test_a_temperature_near_0_picks_the_likeliest_word(trained, model):
     generated = run_lm("generate", f"--save_path={trained[0]}", "--prompt=the", "--num_words=8", "--temperature=1e-300")
     assert (generated.returncode, generated.stderr) == (0, "")  # no numpy warnings, no NaN
     assert generated.stdout.split() == ["the"] + [model.vocab[i] for i in greedy if model.vocab[i] != "<eos>"]
+
+
+def test_generate_prints_each_word_as_it_is_drawn_and_a_ctrl_c_keeps_them(trained, model):
+    """The words stream: the first lines are on stdout while the model still samples, and a Ctrl-C then ends the
+    program with its one line, every word printed before it kept; <eos> is a line break, never printed."""
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "lm.py"), "generate", f"--save_path={trained[0]}",
+                                "--num_words=100000", "--seed=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=ROOT)
+    first = [process.stdout.readline() for _ in range(3)]  # three whole sentences, long before 100,000 words
+    process.send_signal(signal.SIGINT)
+    rest, stderr = process.communicate(timeout=300)
+    assert (process.returncode, stderr) == (130, "error: stopped by signal 2 (SIGINT)\n")
+    printed = "".join(first) + rest
+    lines = [[]]  # the sentences of the same draws, the words between two <eos>
+    for word in lm.generate(model, [], len(printed.split()) + printed.count("\n"), seed=1):
+        lines.append([]) if word == "<eos>" else lines[-1].append(word)
+    assert printed.splitlines()[:3] == [" ".join(line) for line in lines[:3]]
+    assert "<eos>" not in printed and "  " not in printed
 
 
 def test_a_vocabulary_file_without_its_last_line_end_keeps_its_last_word(tmp_path):

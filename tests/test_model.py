@@ -127,6 +127,8 @@ def test_windowed_test_pass_equals_one_word_at_a_time():
     step_by_step = run_epoch(session, one, data)
     assert run_epoch(session, any_length, data, window=20) == pytest.approx(step_by_step, rel=1e-5)
     assert run_epoch(session, any_length, data, window=7) == pytest.approx(step_by_step, rel=1e-5)
+    # A window longer than the text (--test_window beyond the test text) is the whole text: one window of 202 words.
+    assert run_epoch(session, any_length, data, window=10 ** 6) == pytest.approx(step_by_step, rel=1e-5)
 
 
 def test_checkpoint_round_trip_gives_the_same_valid_perplexity(tmp_path):

@@ -3,6 +3,8 @@ import hashlib
 import http.server
 import io
 import os
+import subprocess
+import sys
 import tarfile
 import threading
 
@@ -39,6 +41,9 @@ def test_max_vocab_keeps_the_most_frequent_words(tmp_path):
     assert data.vocab == ["<unk>", "a", "<eos>"]
     assert [data.vocab[i] for i in data.train] == "a a a <unk> <unk> <unk> <unk> <eos>".split()
     assert data.unknown["train"] == 4
+    # --train_words: the first 5 words train, with the same vocabulary; the note counts the <unk> among them.
+    first = reader.load_ptb(write_corpus(tmp_path, " a a a b b c d\n"), max_vocab=3, train_words=5)
+    assert first.vocab == data.vocab and first.train == data.train[:5] and first.unknown["train"] == 2
 
 
 @pytest.mark.parametrize("names", ["{}.txt", "wiki.{}.tokens"])
@@ -181,3 +186,13 @@ def test_offline_download_error(tmp_path, serve):
     url = serve(b"")
     with pytest.raises(reader.DataError, match="could not download .*by hand"):
         reader.maybe_download(str(tmp_path / "data"), url.replace("simple-examples.tgz", "missing.tgz"))
+
+
+def test_a_corpus_folder_that_is_not_there_skips_the_tests_that_need_it(tmp_path):
+    """PTB_DATA naming a missing folder (a typo, another machine's path): those tests skip with a note, not fail."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-n", "0", "-p", "no:cacheprovider",
+                             f"{os.path.abspath(__file__)}::test_real_corpus_counts"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path, env=dict(os.environ, PTB_DATA=str(tmp_path / "none")))
+    assert result.returncode == 0, result.stdout
+    assert f"PTB_DATA={tmp_path}/none holds no ptb.train.txt: point it at the corpus folder" in result.stdout
+    assert "1 skipped" in result.stdout

@@ -14,8 +14,7 @@ import time
 import pytest
 
 import configs
-from tools import checkpoint
-from tools import runfolder
+from tools import checkpoint, kernels, runfolder
 from conftest import ROOT, write_corpus
 from test_cli import run as run_trainer
 
@@ -90,32 +89,61 @@ def test_a_training_refused_leaves_the_folder_to_the_one_that_took_it(tmp_path, 
     folder nor the other's claim on it (the race the test above lost now and then). Its own claim it removes."""
     folder, config = tmp_path / "run", configs.get_config("test")
     claim = lambda: runfolder.claim(str(folder), config, ["a", "b"], 100, "test")  # noqa: E731
+    marker = '{"written_by": "ptb_word_lm.py", "model": "test", "train_words": 100}'
     folder.mkdir()
-    other = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)  # another open file: another holder, for flock
+    other = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # another open directory: another holder, for flock
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    (folder / "run.json").write_text('{"written_by": "ptb_word_lm.py", "model": "test", "train_words": 100}')
+    (folder / "run.json").write_text(marker)
     with pytest.raises(checkpoint.CheckpointError, match="is in use by another training run"):
         claim()
     runfolder.remove_unused([str(folder)])
-    assert sorted(os.listdir(folder)) == [".lock", "run.json"]
-    # The other ends having saved nothing and removes its lock file just after this one opened it (and a third
-    # training may have made a new one): the file this one locks is no longer the folder's, so it is refused.
+    assert os.listdir(folder) == ["run.json"]
+    # The other ends having saved nothing and removes the folder just after this one opened it (and a third
+    # training may have made it again): the folder this one locks is no longer the one at that path: refused.
     os.close(other)
     opened = os.open
     for third in (False, True):
-        def open_then_removed(path, *args):
-            fd = opened(path, *args)
-            os.remove(path)
+        def open_then_removed(path, *args, **kwargs):
+            fd = opened(path, *args, **kwargs)
+            os.remove(os.path.join(path, "run.json"))
+            os.rmdir(path)
             if third:
-                os.close(opened(path, *args))
+                os.mkdir(path)
             return fd
+        folder.mkdir(exist_ok=True)
+        (folder / "run.json").write_text(marker)
         monkeypatch.setattr(os, "open", open_then_removed)
         with pytest.raises(checkpoint.CheckpointError, match="is in use by another training run"):
             claim()
         monkeypatch.undo()
-    assert claim() is None  # now it is free: taken, and left by a run that saved nothing
+    assert claim() is None  # now it is free: made again, by a run that saved nothing yet
     runfolder.remove_unused([str(folder)])
     assert os.listdir(tmp_path) == []
+
+
+def test_removing_files_from_the_folder_of_a_running_training_lets_no_second_one_in(corpus, tmp_path):
+    """The lock is on the folder itself: someone tidying it (here: the plot, the TensorBoard files and the lock file
+    that versions before used) does not let a second training in, with the same flags or others."""
+    save_path = tmp_path / "run"
+    writer = start(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=1000", f"--save_path={save_path}",
+                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        for line in writer.stdout:
+            if line.startswith("Epoch: 2 "):  # its first checkpoint is saved
+                break
+        (save_path / ".lock").touch()  # as versions before left it; removed with the rest
+        for name in os.listdir(save_path):
+            if name in (".lock", "perplexity.png") or name.startswith("events."):
+                os.remove(save_path / name)
+        assert writer.poll() is None
+        for flags in (FLAGS, [*FLAGS[:-1], "--seed=4", "--learning_rate=0.5"]):
+            second = run_trainer(f"--data_path={corpus}", *flags, f"--save_path={save_path}")
+            assert (second.returncode, second.stderr) == (2, f"error: --save_path={save_path} is in use by another "
+                                                             "training run: wait for it to end, or give another "
+                                                             "--save_path\n")
+    finally:
+        writer.kill()
+        writer.communicate()
 
 
 def test_a_reader_beside_a_writer_never_sees_damage(corpus, tmp_path):
@@ -182,7 +210,7 @@ def test_the_last_three_checkpoints_are_kept_across_resumes(corpus, tmp_path):
         assert f"Resuming from {tmp_path}/model.ckpt-{41 * (epochs - 1)}: epoch {epochs}, step 0" in resumed.stdout
         kept = checkpoints(tmp_path)
         assert len(kept) == 3 and kept[-1] == 41 * epochs, kept
-        assert sorted(os.listdir(tmp_path)) == sorted([".lock", "checkpoint", "config.json", "metrics.jsonl",
+        assert sorted(os.listdir(tmp_path)) == sorted(["checkpoint", "config.json", "metrics.jsonl",
                                                       "perplexity.png", "run.json", "vocab.txt"] +
                                                      [f"model.ckpt-{s}.{e}" for s in kept
                                                       for e in ("data-00000-of-00001", "index", "meta")] +
@@ -208,7 +236,8 @@ def test_a_folder_written_before_run_json_is_adopted_and_continues_exactly(corpu
     assert f"Resuming from {tmp_path}/run/model.ckpt-41: epoch 2, step 0" in resumed.stdout
     assert perplexities(resumed.stdout) == perplexities(alone[0])[-3:]
     assert json.loads((tmp_path / "run" / "run.json").read_text()) == {"written_by": "ptb_word_lm.py",
-                                                                      "model": "test", "train_words": 1680}
+                                                                      "model": "test", "train_words": 1680,
+                                                                      "precision": "fp32"}
 
 
 def test_a_run_that_diverges_before_its_first_checkpoint_says_nothing_was_saved(corpus, tmp_path):
@@ -252,3 +281,59 @@ def test_a_resume_keeps_its_seed_and_refuses_another(corpus, alone, tmp_path):
     resumed = run_trainer(f"--data_path={corpus}", "--model=test", "--max_max_epoch=3", f"--save_path={save_path}")
     assert resumed.returncode == 0, resumed.stderr
     assert "seed: 3," in resumed.stdout
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, expected in (("fpu sse avx2 avx512f avx512bw", "fp32"), ("avx2 avx512f avx512_bf16", "bf16"),
+                            ("avx2 amx_tile amx_bf16", "bf16"), ("", "fp32")):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert kernels.resolve_precision("auto", kernels.cpu_flags(str(cpuinfo))) == expected, flags
+    assert kernels.cpu_flags(str(tmp_path / "missing")) == set()  # not Linux: fp32
+    for given in ("fp32", "bf16", "fp16"):
+        assert kernels.resolve_precision(given, {"avx512_bf16"}) == kernels.resolve_precision(given, set()) == given
+
+
+def test_a_resumed_run_keeps_its_precision(corpus, tmp_path):
+    """The precision is recorded in run.json; a resume takes it (auto, or no flag), and refuses another."""
+    save_path = tmp_path / "run"
+    first = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=1", "--precision=bf16",
+                        f"--save_path={save_path}")
+    assert first.returncode == 0, first.stderr
+    assert json.loads((save_path / "run.json").read_text())["precision"] == "bf16"
+    for flags in ([], ["--precision=auto"]):
+        resumed = run_trainer(f"--data_path={corpus}", *FLAGS, f"--max_max_epoch={2 + len(flags)}", *flags,
+                              f"--save_path={save_path}")
+        assert resumed.returncode == 0, resumed.stderr
+        assert re.search(r"^Model: test, rnn_mode: fast, precision: bf16[ ,]", resumed.stdout, re.M), resumed.stdout
+        assert "Resuming from" in resumed.stdout
+    other = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=4", "--precision=fp32",
+                        f"--save_path={save_path}")
+    assert (other.returncode, other.stderr) == (2, f"error: {save_path} holds a run trained in bf16: resume it with "
+                                                   "--precision=bf16 (or without the flag), or give another "
+                                                   "--save_path\n")
+    # A fresh run with auto: this CPU's choice, as the program prints and records it.
+    fresh = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=1", "--precision=auto",
+                        f"--save_path={tmp_path}/auto")
+    assert fresh.returncode == 0, fresh.stderr
+    chosen = kernels.resolve_precision("auto")
+    assert f"precision: {chosen} (auto)," in fresh.stdout
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["precision"] == chosen
+
+
+def test_a_projector_export_inside_the_folder_does_not_block_its_resume(corpus, alone, tmp_path):
+    """docs/lm.md exports the projector to DIR/projector: the training resumes beside it, which it never touches."""
+    shutil.copytree(alone[1], tmp_path / "run")
+    exported = subprocess.run([sys.executable, os.path.join(ROOT, "lm.py"), "projector", f"--save_path={tmp_path}/run",
+                               f"--export_dir={tmp_path}/run/projector"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(os.listdir(tmp_path / "run" / "projector")) == ["metadata.tsv", "vectors.tsv"]
+    before = snapshot(tmp_path / "run" / "projector")
+    resumed = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=3", f"--save_path={tmp_path}/run")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming from {tmp_path}/run/model.ckpt-82: epoch 3, step 0" in resumed.stdout
+    assert snapshot(tmp_path / "run" / "projector") == before
+    (tmp_path / "run" / "projector" / "notes.txt").write_text("mine\n")  # then it is the user's folder: refused
+    refused = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=4", f"--save_path={tmp_path}/run")
+    assert refused.returncode == 2 and "holds files a training run did not write (projector)" in refused.stderr

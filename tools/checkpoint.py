@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 
 import numpy as np
 
@@ -27,15 +28,18 @@ from tools import ranges, tf1
 from tools.tf1 import tf
 
 CKPT, CONFIG, VOCAB, INDEX = "model.ckpt", "config.json", "vocab.txt", "checkpoint"
-ADAPT = "adapt.json"  # what lm.py tune chose for the folder's weights (adapt.py), read by lm.py eval --adapt=tuned
+ADAPT = "adapt.json"  # what lm.py tune chose for the folder's weights (tune.py), read by lm.py eval --adapt=tuned
 ADAPT_RMS = "adapt_rms.npz"  # and the gradient statistics of its RMS form, which lm.py eval would gather again
 ADAPT_PROGRESS = "adapt_progress.json"  # what an unfinished lm.py tune measured: the same command resumes it
+ADAPT_PREVIOUS = "adapt.previous.json"  # the adapt.json a later tune replaced, kept
 
 # What a training run (and lm.py projector and tune) writes into its folder, with the temporary names of
 # write_atomically; anything else is the user's. runfolder.py says which of these folders a run wrote.
 RUN_FILES = re.compile(r"(checkpoint|config\.json|vocab\.txt|metrics\.jsonl|perplexity\.png|projector_config\.pbtxt"
-                       r"|metadata\.tsv|run\.json|adapt\.json|adapt_rms\.npz|adapt_progress\.json)(\.tmp.*)?"
+                       r"|metadata\.tsv|run\.json|adapt\.json|adapt\.previous\.json|adapt_rms\.npz"
+                       r"|adapt_progress\.json)(\.tmp.*)?"
                        r"|model\.ckpt-.*|events\.out\.tfevents\..*|\.write-test(-\d+)?|\.lock")
+MODEL_WEIGHTS = ("Model/embedding", "Model/RNN/", "Model/softmax_")  # the trained weights' names in a checkpoint
 READ_TRIES = 10  # read_latest: how many newer checkpoints to try while a training replaces them
 
 
@@ -59,6 +63,13 @@ def save(session, saver, save_path, config, vocab, global_step=None):
     try:
         saver.save(session, os.path.join(save_path, CKPT), global_step=global_step)
     except tf.errors.OpError as e:  # a full disk: ResourceExhaustedError
+        # The Saver's temporary files (model.ckpt-N.meta.tmp..., model.ckpt-N_temp/) are no checkpoint: not left.
+        for path in glob.glob(os.path.join(save_path, f"{CKPT}-*tmp*")) + glob.glob(os.path.join(save_path,
+                                                                                            f"{CKPT}-*_temp*")):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
         raise OSError(0, tf1.error_summary(e), save_path)
     remove_older(save_path, saver.saver_def.max_to_keep)
 
@@ -127,8 +138,14 @@ def latest(save_path):
         prefix, named = indexed(save_path), prefix
     weights = sorted(glob.glob(os.path.join(save_path, CKPT + "-*.index")))
     if weights:
-        raise CheckpointError(f"{save_path} holds weights ({os.path.basename(weights[-1])[:-6]}) but no '{INDEX}' "
-                              "file naming them: restore that file, or move the weights away to start anew")
+        if not os.path.exists(os.path.join(save_path, INDEX)):
+            index = f"no '{INDEX}' file naming them"
+        elif named:
+            index = f"a '{INDEX}' file that names {os.path.basename(named)}, which is not there"
+        else:
+            index = f"a '{INDEX}' file that is damaged (not the index a training writes)"
+        raise CheckpointError(f"{save_path} holds weights ({os.path.basename(weights[-1])[:-6]}) but {index}: restore "
+                              "that file, or move the weights away to start anew")
     return None
 
 
@@ -168,7 +185,13 @@ def read_vocab(save_path):
             words = f.read().split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {path} ({e}): keep the files of one training run together")
-    return words[:-1] if words[-1] == "" else words  # the last line's end, if it has one
+    words = words[:-1] if words[-1] == "" else words  # the last line's end, if it has one
+    if len(set(words)) < len(words):  # two rows of the embedding for one word: not a vocabulary a training wrote
+        first = {}
+        twice = next(i for i, w in enumerate(words) if first.setdefault(w, i) != i)
+        raise CheckpointError(f"{path} holds the word {words[twice]!r} twice (lines {first[words[twice]] + 1} and "
+                              f"{twice + 1}): keep the files of one training run together")
+    return words
 
 
 def restore(session, saver, prefix):
@@ -229,6 +252,12 @@ def check_variables(prefix, wanted):
             raise CheckpointError(f"the weights {prefix} do not fit the {CONFIG} and {VOCAB} beside them ({name}: "
                                   f"{found.get(name)} in the weights, {shape} by the files): keep the files of one "
                                   "training run together")
+    # A trained weight the graph has no place for (softmax_w, with tie_embeddings set in a config.json that did
+    # not have it) would be dropped in silence.
+    unused = [name for name in sorted(found) if name.startswith(MODEL_WEIGHTS) and name not in wanted]
+    if unused:
+        raise CheckpointError(f"the weights {prefix} hold {unused[0]}, which the {CONFIG} beside them has no place "
+                              "for (tie_embeddings?): keep the files of one training run together")
 
 
 def check_finite(prefix):

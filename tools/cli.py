@@ -52,6 +52,7 @@ for _signum in (signal.SIGINT, signal.SIGTERM):
 
 # Only now the rest: absl alone takes tens of milliseconds to import.
 import contextlib  # noqa: E402
+import errno  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -80,6 +81,7 @@ def new_folder(path, flag):
     """
     if os.path.lexists(path):
         raise ValueError(f"{flag}={path} exists already: choose a new folder")
+    check_no_file_in_the_way(path, flag)
     top = os.path.abspath(path)
     while not os.path.exists(os.path.dirname(top)):
         top = os.path.dirname(top)
@@ -94,6 +96,15 @@ def new_folder(path, flag):
         os.rename(os.path.join(scratch, "new"), path)
     finally:
         shutil.rmtree(top if created and not os.path.exists(path) else scratch, ignore_errors=True)
+
+
+def check_no_file_in_the_way(path, flag):
+    """Refuses a folder path under a file (data/notes.txt/run): no folder can be made there."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag}={path} is under {folder}, a file, not a folder: choose a folder path")
 
 
 def _check_ranges():
@@ -112,8 +123,9 @@ def _parse(argv):
         fail(f"{e}; python {os.path.basename(argv[0])} --help lists the flags")
 
 
-def parse_first():
+def parse_first(arguments=0):
     """Parses and checks the command line now; returns what is left of it (the program's name, lm.py's command).
+    `arguments`: how many words the program takes besides its flags (lm.py: its command); more are refused.
 
     A program calls it after defining its flags and before importing TensorFlow (seconds), when it runs as a
     program (`if __name__ == "__main__"`): imported by the tests or the notebook, it parses nothing.
@@ -121,6 +133,10 @@ def parse_first():
     app.define_help_flags()  # --help, which app.run would define only later
     _check_ranges()
     _state["argv"] = _parse(sys.argv)
+    extra = _state["argv"][1 + arguments:]
+    if extra:
+        fail(f"unexpected argument {extra[0]!r}: flags are written --name=value; python "
+             f"{os.path.basename(sys.argv[0])} --help lists them")
     return _state["argv"]
 
 
@@ -136,6 +152,16 @@ def exit_at_once():
     """From now on the program ends without Python's shutdown: a thread is left inside TensorFlow (see
     distribute.Replicas.run_at_start), and Python, ending it from under TensorFlow's C++, would abort."""
     _state["at_once"] = True
+
+
+def write_advice(error):
+    """What to do about a write the file system refused (an OSError): free space, or another folder."""
+    text = f"{error.strerror} {error}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space" in text or "quota" in text:
+        return "free space on that disk, or choose a folder on another one"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "Permission denied" in text or "Read-only" in text:
+        return "make it writable, or choose a folder you can write to"
+    return "free space or choose a writable folder"
 
 
 def run(main, errors=(ValueError,)):
@@ -156,6 +182,6 @@ def run(main, errors=(ValueError,)):
         except errors as e:
             fail(str(e))
         except OSError as e:  # a write the disk or the permissions refused
-            fail(f"{e.strerror or e} ({e.filename or 'a file'}): free space or choose a writable folder", WRITE)
+            fail(f"{e.strerror or e} ({e.filename or 'a file'}): {write_advice(e)}", WRITE)
 
     app.run(guarded, flags_parser=lambda _: parsed)  # app.run hands it to guarded

@@ -43,6 +43,9 @@ def load_glove(path, vocab, dim):
         raise reader.DataError(f"--embedding_file={path} is not UTF-8 text: give a GloVe text file")
     except OSError as e:  # a folder, no permission
         raise reader.DataError(f"cannot read --embedding_file={path} ({e.strerror}): give a GloVe text file")
+    if not found.any():  # an empty file, or another language's: it would start nothing
+        raise reader.DataError(f"--embedding_file={path} holds a vector for none of the vocabulary's {len(vocab)} "
+                               "words: give a GloVe text file of the corpus's language")
     return vectors, found
 
 

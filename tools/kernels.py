@@ -13,6 +13,7 @@ window, BlockLSTM (block). This module holds what the faster modes are built of:
                    step): a forward that benchmark.py times (fast_split), level with BlockLSTM's.
   FusedGRUCell     GRUCell's arithmetic as one GRUBlockCell op per step, and that op's gradient.
   matmul           a @ b in a precision (bf16, fp16), the result in fp32.
+  resolve_precision  --precision=auto: bf16 where the CPU has bf16 instructions (cpu_flags), else fp32.
 
 tests/test_kernels.py checks each against BasicLSTMCell / GRUCell and against TensorFlow's own gradients.
 """
@@ -21,6 +22,27 @@ import functools
 from tools.tf1 import tf
 
 PRECISION_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}  # the matmuls' dtype
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products in hardware: there bf16 is faster than fp32
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The instruction-set flags of this machine's CPU (Linux's /proc/cpuinfo); none where it cannot be read."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision, flags=None):
+    """`precision` itself; for "auto", bf16 where the CPU has bf16 instructions (`flags`: this CPU's), else fp32."""
+    if precision != "auto":
+        return precision
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if flags & set(BF16_CPU_FLAGS) else "fp32"
 
 
 def matmul(a, b, dtype=tf.float32, **transpose):

@@ -55,13 +55,15 @@ RANGES = {
     "steps": ("integer", lambda v: v >= 1, "of at least 1"),
     "adapt_words": ("integer", lambda v: v == 0 or v >= 100, "of 0 (none) or at least 100 (lm.py eval's window)"),
     # lm.py
-    "num_words": ("integer", lambda v: v >= 1, "of at least 1"),
+    "num_words": ("integer", lambda v: 1 <= v <= 100000, "from 1 to 100000 (printed as they are drawn)"),
     "temperature": ("number", lambda v: v > 0, "above 0 (1 samples the model as it is)"),
     "top_k": ("integer", lambda v: v >= 1, "of at least 1"),
     # lm.py eval's test-time adaptation (adapt.py); lm.py eval --adapt=tuned checks adapt.json's values here too.
     "cache_size": ("integer", lambda v: v >= 1, "of at least 1 (the positions the cache holds)"),
-    "cache_theta": ("number", lambda v: v >= 0, "of at least 0"),
-    "cache_lambda": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
+    # theta x (a dot product of two hidden states, at most hidden_size) must stay far from float64's overflow.
+    "cache_theta": ("number", lambda v: 0 <= v <= 1000, "from 0 to 1000 (tune's grid: 0.05 to 1.7)"),
+    # At 1, a word the cache does not hold would get probability 0: an infinite perplexity.
+    "cache_lambda": ("number", lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
     "dynamic_lr": ("number", lambda v: 0 <= v <= FLOAT32_MAX, "from 0 to 3.4e38"),
     "dynamic_decay": ("number", lambda v: 0 <= v <= 1, "from 0 to 1"),
     "dynamic_window": ("integer", lambda v: v >= 1, "of at least 1"),

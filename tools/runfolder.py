@@ -3,12 +3,13 @@
     runs/small/run.json   written when a run takes the folder, before any of its other files: who wrote it,
                           the config's name, how many training words make an epoch, and the seeds it
                           abandoned because their LSTM stopped learning (guard.py), if any
-    runs/small/.lock      an empty file, locked (fcntl.flock) by the training writing the folder for its life
     ...                   the checkpoint (checkpoint.py) and what the run is watched by (monitor.py)
 
-Two trainings on one folder would save over each other: the second is refused at its start. The lock
-is the operating system's, tied to an open file: it ends with the process however that ends (Ctrl-C,
-kill -9, a reboot), so no lock is ever left behind to block a resume.
+Two trainings on one folder would save over each other: the second is refused at its start. The training
+writing a folder locks the folder itself (fcntl.flock on the directory), so no change to the files in it can
+undo the lock, and removing a file cannot let a second training in. The lock is the operating system's, tied
+to an open directory: it ends with the process however that ends (Ctrl-C, kill -9, a reboot), so no lock is
+ever left behind to block a resume. (Versions before kept it in a file `.lock`, still taken for a run's.)
 
 A folder is a run's if it holds run.json, or, written before run.json existed, a `checkpoint` index
 naming weights beside it with a config and vocabulary that fit the command: that run is adopted and
@@ -20,12 +21,13 @@ import fcntl
 import json
 import os
 
-from tools import monitor, ranges
-from tools.checkpoint import (CONFIG, RUN_FILES, VOCAB, CheckpointError, latest, read_config, read_vocab, unreadable,
-                        write_atomically)
+from tools import cli, kernels, monitor, ranges
+from tools.checkpoint import (CONFIG, RUN_FILES, VOCAB, CheckpointError, check_finite, latest, read_config, read_vocab,
+                              unreadable, write_atomically)
 from tools.tf1 import tf
 
 MARKER, LOCK, PROGRAM = "run.json", ".lock", "ptb_word_lm.py"
+PROJECTOR_FILES = {"vectors.tsv", "metadata.tsv"}  # what lm.py projector writes into its --export_dir
 # The learning-rate schedule: a resumed run may change it (to train longer, say); no other field of the config.
 SCHEDULE = ("learning_rate", "max_epoch", "lr_decay", "max_max_epoch")
 _held = {}  # {folder's real path: its lock file}: open, hence locked, until this process ends
@@ -37,22 +39,49 @@ def check(save_path, config, vocab, train_words):
     It only reads: a folder it refuses is left as it was. A folder another training holds is
     refused first, before the files that training may be writing are read.
     """
-    if os.path.exists(os.path.join(save_path, LOCK)):
-        os.close(_lock(save_path))  # free: let it go again, claim() takes it
+    os.close(_lock(save_path))  # free: let it go again, claim() takes it
     return _check(save_path, config, vocab, train_words)[0]
 
 
-def claim(save_path, config, vocab, train_words, model):
+def claim(save_path, config, vocab, train_words, model, precision="fp32"):
     """Makes the folder this process's: locks it, checks it again (a training that held it may have
     changed it), and writes run.json if the folder has no checkpoint yet or predates run.json."""
     _held[os.path.realpath(save_path)] = _lock(save_path)
     prefix, marker = _check(save_path, config, vocab, train_words)
     if not (prefix and marker):
-        record = {"written_by": PROGRAM, "model": model, "train_words": train_words}
+        record = {"written_by": PROGRAM, "model": model, "train_words": train_words, "precision": precision}
         if marker and marker.get("model") == model and marker.get("abandoned_seeds"):
             record["abandoned_seeds"] = marker["abandoned_seeds"]  # a rerun of a run that saved nothing yet
         write_atomically(os.path.join(save_path, MARKER), json.dumps(record, indent=2) + "\n")
     return prefix
+
+
+def precision(prefix, save_path, requested, given):
+    """The run's matmul precision: a resumed run's own, as its run.json records it (written before the record:
+    fp32 for auto, the versions before's default); else `requested`, auto resolved for this CPU. `given`: whether
+    the command line names a precision; a resumed run refuses another than its own."""
+    recorded = prefix and (read_marker(save_path) or {}).get("precision")
+    if recorded and given and requested not in ("auto", recorded):
+        raise CheckpointError(f"{save_path} holds a run trained in {recorded}: resume it with --precision={recorded} "
+                              "(or without the flag), or give another --save_path")
+    if recorded:
+        return recorded
+    return "fp32" if prefix and requested == "auto" else kernels.resolve_precision(requested)
+
+
+def finished(prefix, save_path, max_max_epoch):
+    """What to say of a run in save_path that has trained max_max_epoch epochs (or more) and has its test
+    perplexity: its numbers, from metrics.jsonl, once its weights (`prefix`) are checked sound. None if it has more
+    to do."""
+    records = monitor.read_metrics(save_path)
+    if not records or records[-1]["epoch"] < max_max_epoch or "test_perplexity" not in records[-1]:
+        return None
+    check_finite(prefix)
+    last = records[-1]
+    numbers = ", ".join(f"{name} {last[f'{name}_perplexity']:.3f}" for name in ("train", "valid", "test")
+                        if isinstance(last.get(f"{name}_perplexity"), (int, float)))
+    return (f"{save_path} holds a finished run of {last['epoch']} epochs (perplexity: {numbers}; "
+            f"{monitor.METRICS}): nothing to do; give a larger --max_max_epoch to train it further")
 
 
 def record_abandoned_seed(save_path, seed):
@@ -64,16 +93,15 @@ def record_abandoned_seed(save_path, seed):
 
 
 def _lock(save_path):
-    """An open file descriptor of the folder's lock file, locked; refuses a folder another training holds."""
-    path = os.path.join(save_path, LOCK)
+    """An open file descriptor of the folder itself, locked; refuses a folder another training holds."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(save_path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        raise CheckpointError(f"cannot open {path} ({e.strerror}): choose a writable --save_path")
+        raise CheckpointError(f"cannot open --save_path={save_path} ({e.strerror}): choose a writable folder")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # A training that saved nothing removes its lock file as it ends: one opened before that is no one's.
-        taken = not os.path.samestat(os.fstat(fd), os.stat(path))
+        # A training that saved nothing removes the folder it made as it ends: one opened before that is no one's.
+        taken = not os.path.samestat(os.fstat(fd), os.stat(save_path))
     except (BlockingIOError, FileNotFoundError):
         taken = True
     if taken:
@@ -99,6 +127,7 @@ def prepare(path):
 
     Returns the folders it created, deepest first: a run that saves nothing leaves none of them behind
     (remove_unused)."""
+    cli.check_no_file_in_the_way(path, "--save_path")
     created, folder = [], os.path.abspath(path)
     while not os.path.exists(folder):
         created.append(folder)
@@ -122,7 +151,7 @@ def remove_unused(folders):
     """
     for folder in folders:
         key = os.path.realpath(folder)
-        ours = [MARKER, LOCK] if key in _held else []  # run.json first: the lock guards it to the end
+        ours = [MARKER] if key in _held else []
         try:
             names = set(os.listdir(folder))
             if names <= set(ours):
@@ -137,7 +166,8 @@ def remove_unused(folders):
 
 
 def read_marker(save_path):
-    """run.json's record, or None if the folder has none; refuses a run.json a training did not write."""
+    """run.json's record, or None if the folder has none; refuses a run.json a training did not write (beside a
+    run's weights: damaged, and how to resume all the same)."""
     path = os.path.join(save_path, MARKER)
     if not os.path.exists(path):
         return None
@@ -148,14 +178,23 @@ def read_marker(save_path):
         marker = None
     if not (isinstance(marker, dict) and marker.get("written_by") == PROGRAM
             and type(marker.get("train_words")) is int):
+        if latest(save_path):
+            raise CheckpointError(f"{path} is damaged, or not one a training run wrote, beside a run's weights: "
+                                  f"remove {MARKER} to resume that run (the same command adopts the folder), or give "
+                                  "another --save_path")
         raise CheckpointError(f"{path} is not one a training run wrote: give an empty or a new --save_path")
     return marker
+
+
+def _projector_export(path):
+    """Whether path is a folder lm.py projector wrote (--export_dir inside the run's folder, as docs/lm.md shows)."""
+    return os.path.isdir(path) and not os.path.islink(path) and set(os.listdir(path)) <= PROJECTOR_FILES
 
 
 def _check(save_path, config, vocab, train_words):
     """(the checkpoint to resume from or None, run.json's record or None); refuses what is not this run's."""
     names = sorted(os.listdir(save_path))
-    foreign = [f for f in names if not RUN_FILES.fullmatch(f)]
+    foreign = [f for f in names if not RUN_FILES.fullmatch(f) and not _projector_export(os.path.join(save_path, f))]
     if foreign:
         raise CheckpointError(f"--save_path={save_path} holds files a training run did not write "
                               f"({', '.join(foreign[:3])}): give an empty or a new folder")
@@ -187,8 +226,10 @@ def _check(save_path, config, vocab, train_words):
     try:
         monitor.read_metrics(save_path)
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{os.path.join(save_path, monitor.METRICS)} is not one this program wrote ({e}): "
-                              "give another --save_path")
+        path = os.path.join(save_path, monitor.METRICS)
+        repair = ("repair it, or remove it to resume (its epochs' records are lost, the weights kept)" if prefix
+                  else "give another --save_path")
+        raise CheckpointError(f"{path} is damaged, or not one this program wrote ({e}): {repair}")
     return prefix, marker
 
 

@@ -20,8 +20,33 @@ import numpy as np
 
 from model import Position, dropout_seed
 import reader
-from tools import checkpoint, cli, distribute, embeddings, guard, monitor
+from tools import checkpoint, cli, distribute, embeddings, guard, monitor, runfolder
 from tools.tf1 import session_config, tf
+
+MAX_SEEDS = 20  # seeds tried, without --seed, before a run whose LSTM keeps stopping to learn gives up
+
+
+def until_it_learns(train, seed, draw_seed, seed_chosen, save_path=None, resuming=False):
+    """train(seed); again with a seed from draw_seed() each time the run's LSTM stops learning in its first steps
+    (guard.StoppedLearning: a saturated cell, docs/reproducing.md), MAX_SEEDS seeds at most.
+
+    A seed that was chosen (seed_chosen: --seed, a resumed run's own, the chief's for several workers) is not
+    replaced: the run stops with exit code 3. Each abandoned seed is recorded in the run folder's run.json."""
+    for attempt in range(1, MAX_SEEDS + 1):
+        try:
+            return train(seed)
+        except guard.StoppedLearning as e:
+            if seed_chosen or attempt == MAX_SEEDS:
+                advice = "start again in another --save_path" if resuming else "choose another --seed"
+                tried = f"{attempt} seeds tried; " if attempt > 1 else ""
+                raise cli.Stop(f"{e}; {tried}seed {seed} does this on this CPU: {advice} (or "
+                               "--max_cell_state=0 to train it all the same)", guard.DIVERGED)
+            if save_path:
+                runfolder.record_abandoned_seed(save_path, seed)
+            abandoned, seed = seed, draw_seed()
+            print(f"Seed {abandoned} stopped learning at epoch 1, step {e.step} (a cell state of {e.value:.6g}, "
+                  f"beyond --max_cell_state={e.limit:g}): starting again with seed {seed}", flush=True)
+
 
 class SavedPosition:
     """Where training is, kept in variables so that it is saved with (and only with) the weights."""
@@ -151,7 +176,11 @@ class TrainingRun:
         checking = self.max_cell_state is not None and self.guard.checks_learning(self.epoch, position.step,
                                                                                   epoch_size)
         if checking:
-            self.guard.check_learning(position.state, position.step, self.max_cell_state)
+            try:
+                self.guard.check_learning(position.state, position.step, self.max_cell_state)
+            except guard.StoppedLearning:
+                self.abandon()  # its session and summaries; it saved no checkpoint
+                raise
         if self.progress.due(position.step, epoch_size):
             wps, perplexity = self.progress.print(position, epoch_size)
             self.log.scalars(self.session.run(self.global_step), train_loss=math.log(perplexity),
@@ -165,11 +194,12 @@ class TrainingRun:
         """After epoch `epoch` (0-based) and its validation: the guard, a checkpoint, its metrics, signals."""
         self.guard.check_perplexity(valid_perplexity, f"the valid perplexity became {valid_perplexity} at epoch "
                                                       f"{epoch + 1}")
-        self.save(epoch + 1, Position())
         step = self.session.run(self.global_step)
-        self.log.scalars(step, train_perplexity=train_perplexity, valid_perplexity=valid_perplexity)
+        # The epoch's line first: a save that fails (a full disk) keeps it, and the epoch redone replaces it.
         self.log.epoch({"epoch": epoch + 1, "learning_rate": lr, "train_perplexity": train_perplexity,
                         "valid_perplexity": valid_perplexity, "global_step": int(step)})
+        self.save(epoch + 1, Position())
+        self.log.scalars(step, train_perplexity=train_perplexity, valid_perplexity=valid_perplexity)
         self.stop_if_signalled(epoch + 1, 0)
 
     def test_pass(self, run_test):

@@ -1,0 +1,83 @@
+"""Runs a program's command lines one after another inside one long-lived Python process, as `python PROGRAM ARGS`
+runs them: TensorFlow is imported once, not once per command line (seconds each), which is what made the bad-input
+cases most of the suite's time.
+
+The process executes the program's file as __main__ for each command line (runpy), so the same code runs as from a
+shell: its flags parsed and checked by cli.parse_first, main run by cli.run, one-line errors and exit codes through
+cli.fail. What it cannot show is the process itself (the exit status the shell sees, the C++ lines on fd 2, signals):
+tests/test_bad_input.py keeps a dozen cases as real subprocesses for that.
+"""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+# The server: reads one JSON request per line ({"args", "stdin"}), answers one line "@@RESULT {code, stdout, stderr}".
+SERVER = r"""
+import contextlib, io, json, os, runpy, sys, traceback
+sys.path.insert(0, ROOT)
+program = os.path.join(ROOT, PROGRAM)
+from absl import flags
+from tools import cli, runfolder
+import tools.tf1  # TensorFlow, once, before the first request
+protocol = os.fdopen(os.dup(1), "w")
+for line in sys.stdin:
+    request = json.loads(line)
+    flags.FLAGS.unparse_flags()  # every flag back to its default: nothing carries over from the command before
+    sys.argv = [program, *request["args"]]
+    cli._state.update(argv=None, main=False, defer=False)
+    stdin = io.TextIOWrapper(io.BytesIO(request["stdin"].encode()), encoding="utf-8")
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        sys.stdin = stdin
+        try:
+            runpy.run_path(program, run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    for fd in runfolder._held.values():  # the locks a process would give back as it ends
+        os.close(fd)
+    runfolder._held.clear()
+    protocol.write("@@RESULT " + json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}) + "\n")
+    protocol.flush()
+"""
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+class Program:
+    """`python PROGRAM ...` run by run(args, stdin) in one process started once; close() ends it."""
+
+    def __init__(self, program):
+        script = SERVER.replace("ROOT", repr(ROOT)).replace("PROGRAM", repr(program))
+        self.process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+
+    def run(self, args, stdin=""):
+        self.process.stdin.write(json.dumps({"args": args, "stdin": stdin}) + "\n")
+        self.process.stdin.flush()
+        for line in self.process.stdout:
+            if line.startswith("@@RESULT "):
+                answer = json.loads(line[len("@@RESULT "):])
+                return Result(answer["code"], answer["stdout"], answer["stderr"])
+        raise RuntimeError(f"the process running {args} ended with exit code {self.process.wait()}")
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def programs(*names):
+    """{name: Program(name)}."""
+    return {name: Program(name) for name in names}
+
+
+def close(running):
+    for program in running.values():
+        program.close()
