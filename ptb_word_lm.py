@@ -154,11 +154,11 @@ def main(argv):
         resume_from = save_path and runfolder.check(save_path, config, data.vocab, len(data.train))
         seed = runfolder.seed(resume_from, FLAGS.seed, draw_seed)
         precision = runfolder.precision(resume_from, save_path, requested, FLAGS["precision"].present or FLAGS.use_fp16)
-        pretrained = None
-        if FLAGS.embedding_file and chief:  # read on a resume too: a file a fresh run refuses is refused the same
-            pretrained = load_pretrained(FLAGS.embedding_file, data.vocab, config.embedding_size or config.hidden_size)
-            if resume_from:
-                pretrained = None  # the embedding comes from the checkpoint
+        pretrained, embedding_size = None, config.embedding_size or config.hidden_size
+        if FLAGS.embedding_file and chief and resume_from:  # the checkpoint's embedding wins; the file is checked
+            embeddings.load_glove(FLAGS.embedding_file, data.vocab, embedding_size)
+        elif FLAGS.embedding_file and chief:
+            pretrained = load_pretrained(FLAGS.embedding_file, data.vocab, embedding_size)
         if save_path:  # every input checked: from here on the folder is this run's (the chief's alone)
             resume_from = runfolder.claim(save_path, config, data.vocab, len(data.train), FLAGS.model, precision)
             finished = resume_from and not cluster and runfolder.finished(resume_from, save_path, config.max_max_epoch)

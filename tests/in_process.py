@@ -24,7 +24,13 @@ import tools.tf1  # TensorFlow, once, before the first request
 protocol = os.fdopen(os.dup(1), "w")
 for line in sys.stdin:
     request = json.loads(line)
-    flags.FLAGS.unparse_flags()  # every flag back to its default: nothing carries over from the command before
+    # The program's flags go (absl files a __main__'s flags under sys.argv[0]), and its file defines them anew:
+    # nothing carries over from the command line before. (Kept, absl would skip the new definitions as those of a
+    # module imported twice, except when the new module object got the old one's id: then it refuses them.)
+    for flag in list(flags.FLAGS.flags_by_module_dict().get(program, [])):
+        if flag.name in flags.FLAGS:
+            delattr(flags.FLAGS, flag.name)
+    flags.FLAGS.unparse_flags()
     sys.argv = [program, *request["args"]]
     cli._state.update(argv=None, main=False, defer=False)
     stdin = io.TextIOWrapper(io.BytesIO(request["stdin"].encode()), encoding="utf-8")

@@ -1,8 +1,8 @@
 """A training run's folder (--save_path): owned by one training at a time, and known by what a run wrote.
 
     runs/small/run.json   written when a run takes the folder, before any of its other files: who wrote it,
-                          the config's name, how many training words make an epoch, and the seeds it
-                          abandoned because their LSTM stopped learning (guard.py), if any
+                          the config's name, how many training words make an epoch, its precision, and
+                          the seeds it abandoned because their LSTM stopped learning (guard.py), if any
     ...                   the checkpoint (checkpoint.py) and what the run is watched by (monitor.py)
 
 Two trainings on one folder would save over each other: the second is refused at its start. The training
@@ -30,7 +30,7 @@ MARKER, LOCK, PROGRAM = "run.json", ".lock", "ptb_word_lm.py"
 PROJECTOR_FILES = {"vectors.tsv", "metadata.tsv"}  # what lm.py projector writes into its --export_dir
 # The learning-rate schedule: a resumed run may change it (to train longer, say); no other field of the config.
 SCHEDULE = ("learning_rate", "max_epoch", "lr_decay", "max_max_epoch")
-_held = {}  # {folder's real path: its lock file}: open, hence locked, until this process ends
+_held = {}  # {folder's real path: a descriptor of it, locked}: open, hence locked, until this process ends
 
 
 def check(save_path, config, vocab, train_words):
