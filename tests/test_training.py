@@ -344,3 +344,36 @@ def test_a_save_that_fills_the_disk_leaves_no_temporary_file(small_disk, blocks)
                 checkpoint.save(session, saver, str(small_disk), configs.get_config("test"), ["a", "b"], step)
     left = os.listdir(small_disk)
     assert {"config.json", "vocab.txt"} <= set(left) and not [f for f in left if "tmp" in f or "temp" in f], left
+
+
+def test_an_epoch_whose_save_fails_keeps_its_metrics_line(tmp_path, monkeypatch):
+    """A full disk at the epoch's checkpoint: the epoch's line is in metrics.jsonl already (the epoch, redone after
+    a resume, replaces it), and the error reaches the user (cli.run makes it one line, exit 1)."""
+    import errno
+    import numpy as np
+    import reader
+    from model import PTBModel
+    from test_model import TinyConfig
+    from tools import monitor, training
+    from tools.tf1 import tf
+
+    config = TinyConfig()
+    data = reader.PTBData(*[list(np.random.RandomState(s).randint(0, config.vocab_size, 400)) for s in (3, 4, 5)],
+                          vocab=[f"w{i}" for i in range(config.vocab_size)])
+    with tf.Graph().as_default():
+        with tf.variable_scope("Model", initializer=tf.random_uniform_initializer(-0.1, 0.1)):
+            m = PTBModel(True, config, config.batch_size, config.num_steps, "block")
+        with tf.variable_scope("Model", reuse=True):
+            mvalid = PTBModel(False, config, config.batch_size, config.num_steps, "block")
+        run = training.TrainingRun(m, mvalid, data, config, 1, str(tmp_path), model_name="test")
+        run.start(None)
+
+        def full_disk(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
+
+        monkeypatch.setattr(checkpoint, "save", full_disk)
+        with pytest.raises(OSError, match="No space left on device"):
+            run.end_epoch(0, 1.0, 150.0, 160.0)
+        run.session.close()
+    records = monitor.read_metrics(str(tmp_path))
+    assert [(r["epoch"], r["train_perplexity"], r["valid_perplexity"]) for r in records] == [(1, 150.0, 160.0)]
