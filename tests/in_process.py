@@ -5,21 +5,25 @@ cases most of the suite's time.
 The process executes the program's file as __main__ for each command line (runpy), so the same code runs as from a
 shell: its flags parsed and checked by cli.parse_first, main run by cli.run, one-line errors and exit codes through
 cli.fail. What it cannot show is the process itself (the exit status the shell sees, the C++ lines on fd 2, signals):
-tests/test_bad_input.py keeps a dozen cases as real subprocesses for that.
+tests/test_bad_input.py keeps a dozen cases as real subprocesses for that, and the tests that send signals or
+start several replicas (whose logical devices must be set up before TensorFlow's runtime starts) start processes.
 """
+import atexit
 import json
 import subprocess
 import sys
 
 from conftest import ROOT
 
-# The server: reads one JSON request per line ({"args", "stdin"}), answers one line "@@RESULT {code, stdout, stderr}".
+# The server: reads one JSON request per line ({"args", "stdin", "numpy_seed", "env"}), answers one line
+# "@@RESULT {code, stdout, stderr}".
 SERVER = r"""
 import contextlib, io, json, os, runpy, sys, traceback
 sys.path.insert(0, ROOT)
 program = os.path.join(ROOT, PROGRAM)
 from absl import flags
 from tools import cli, runfolder
+import numpy
 import tools.tf1  # TensorFlow, once, before the first request
 protocol = os.fdopen(os.dup(1), "w")
 for line in sys.stdin:
@@ -32,7 +36,11 @@ for line in sys.stdin:
             delattr(flags.FLAGS, flag.name)
     flags.FLAGS.unparse_flags()
     sys.argv = [program, *request["args"]]
-    cli._state.update(argv=None, main=False, defer=False)
+    cli.reset()
+    saved = {name: os.environ.get(name) for name in request["env"]}
+    os.environ.update(request["env"])  # for this command line only
+    if request["numpy_seed"] is not None:  # the seeds a program draws, known
+        numpy.random.seed(request["numpy_seed"])
     stdin = io.TextIOWrapper(io.BytesIO(request["stdin"].encode()), encoding="utf-8")
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -44,9 +52,12 @@ for line in sys.stdin:
         except BaseException:
             traceback.print_exc()
             code = 1
-    for fd in runfolder._held.values():  # the locks a process would give back as it ends
-        os.close(fd)
-    runfolder._held.clear()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
+    runfolder.release_all()  # the folders a process gives back as it ends
     protocol.write("@@RESULT " + json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}) + "\n")
     protocol.flush()
 """
@@ -58,15 +69,16 @@ class Result:
 
 
 class Program:
-    """`python PROGRAM ...` run by run(args, stdin) in one process started once; close() ends it."""
+    """`python PROGRAM ...` run by run(args, stdin, numpy_seed, env) in one process started once; close() ends it."""
 
     def __init__(self, program):
         script = SERVER.replace("ROOT", repr(ROOT)).replace("PROGRAM", repr(program))
         self.process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
 
-    def run(self, args, stdin=""):
-        self.process.stdin.write(json.dumps({"args": args, "stdin": stdin}) + "\n")
+    def run(self, args, stdin="", numpy_seed=None, env=None):
+        request = {"args": args, "stdin": stdin, "numpy_seed": numpy_seed, "env": env or {}}
+        self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         for line in self.process.stdout:
             if line.startswith("@@RESULT "):
@@ -79,11 +91,23 @@ class Program:
         self.process.wait(timeout=60)
 
 
-def programs(*names):
-    """{name: Program(name)}."""
-    return {name: Program(name) for name in names}
+_running = {}  # {program: its Program}, one per program in each process of the tests (each pytest-xdist worker)
 
 
-def close(running):
-    for program in running.values():
+def run(program, *args, stdin="", numpy_seed=None, env=None):
+    """`python PROGRAM ARGS` (with `stdin`), run by PROGRAM's Program, started at the first call: a Result.
+    `numpy_seed`: numpy's global generator seeded so first, for the seeds a program draws from it; `env`: environment
+    variables set for this command line only."""
+    if program not in _running:
+        _running[program] = Program(program)
+    try:
+        return _running[program].run(list(args), stdin, numpy_seed, env)
+    except RuntimeError:
+        del _running[program]  # it ended (crashed): the next call starts another
+        raise
+
+
+@atexit.register
+def _close_all():
+    for program in _running.values():
         program.close()

@@ -352,14 +352,6 @@ PROCESS_LEVEL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def programs():
-    """Each program in one process of its own that runs case after case (tests/in_process.py)."""
-    running = in_process.programs(T, L, B)
-    yield running
-    in_process.close(running)
-
-
 def check_case(env, program, args, message, code, run_case):
     """Runs a case with run_case(program, args) and checks its outcome: the exit code, one line on stderr that
     matches `message`, no traceback, and every file under env's root as it was."""
@@ -381,8 +373,8 @@ def check_case(env, program, args, message, code, run_case):
 
 @pytest.mark.parametrize("program, args, message, code", CASES, ids=[f"{c[0][:2]}-{' '.join(c[1])[:60]}"
                                                                      for c in CASES])
-def test_bad_input(env, programs, program, args, message, code):
-    check_case(env, program, args, message, code, lambda program, args: programs[program].run(args))
+def test_bad_input(env, program, args, message, code):
+    check_case(env, program, args, message, code, lambda program, args: in_process.run(program, *args))
 
 
 PROCESS_CASES = [c for c in CASES if (c[0], tuple(c[1])) in PROCESS_LEVEL]
@@ -398,13 +390,13 @@ def test_the_process_level_cases_are_cases():
     assert len(PROCESS_CASES) == len(PROCESS_LEVEL)
 
 
-def test_a_folder_another_training_holds_is_refused_untouched(env, programs):
+def test_a_folder_another_training_holds_is_refused_untouched(env):
     """A training holds its folder's lock (here this test does) for its life: a second one is refused at its start."""
     fd = os.open(env["ckpt"], os.O_RDONLY | os.O_DIRECTORY)  # the folder itself, as a training locks it
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         before = snapshot(env["root"])
-        result = programs[T].run(["--model=test", f"--data_path={env['corpus']}", f"--save_path={env['ckpt']}"])
+        result = in_process.run(T, "--model=test", f"--data_path={env['corpus']}", f"--save_path={env['ckpt']}")
     finally:
         os.close(fd)
     assert (result.returncode, result.stderr) == (2, f"error: --save_path={env['ckpt']} is in use by another training "

@@ -1,4 +1,5 @@
-"""ptb_word_lm.py run as a user runs it: a real training run and every bad input."""
+"""The programs' command lines: bad corpus files, --help, Ctrl-C from the first import on, the checks made before
+TensorFlow's import, benchmark.py. (A whole training as a user runs it: tests/test_training.py.)"""
 import errno
 import os
 import re
@@ -8,11 +9,20 @@ import sys
 
 import pytest
 
+import in_process
 from conftest import ROOT, write_corpus
 from tools import cli
 
 
 def run(*args):
+    """`python ptb_word_lm.py ARGS`, in the process that runs one command line after another (tests/in_process.py):
+    TensorFlow's import, seconds, is paid once. An object with returncode, stdout and stderr."""
+    return in_process.run("ptb_word_lm.py", *args)
+
+
+def run_process(*args):
+    """The same in a process of its own: for several replicas, whose logical devices are set up before TensorFlow's
+    runtime starts."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), *args],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
 
@@ -23,19 +33,6 @@ def assert_one_line_error(result, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert re.search(message, lines[0]), result.stderr
-
-
-def test_test_config_trains_end_to_end(ptb_path, tmp_path):
-    result = run(f"--data_path={ptb_path}", "--model=test", f"--save_path={tmp_path}/ckpt")
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    values = {name: float(v) for name, v in re.findall(r"(Train|Valid|Test) Perplexity: ([\d.]+)", result.stdout)}
-    assert set(values) == {"Train", "Valid", "Test"}
-    # One epoch of a 2-unit model: far better than uniform guessing (10,000), far worse than the small model.
-    assert all(200 < v < 2000 for v in values.values()), result.stdout
-    files = os.listdir(tmp_path / "ckpt")
-    assert {"checkpoint", "config.json", "vocab.txt", "metrics.jsonl", "perplexity.png"} <= set(files)
-    assert any(f.startswith("model.ckpt-") and f.endswith(".index") for f in files)
 
 
 @pytest.fixture
@@ -162,9 +159,8 @@ def test_benchmark_stopped_by_a_signal(signum):
 def test_benchmark_times_lm_eval_with_adaptation():
     """--adapt_words: a line for each of adapt's passes and each window's statistics, their ratios those of their
     words/s (as printed, so to the rounding of the printed numbers)."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), "--model=test", "--modes=block",
-                             "--precisions=fp32", "--steps=1", "--adapt_words=250"],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = in_process.run("benchmark.py", "--model=test", "--modes=block", "--precisions=fp32", "--steps=1",
+                            "--adapt_words=250")
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     epoch, train_wps = map(float, re.search(r"lm.py eval on 250 random words, batch 1, fp32; the PTB test text "
                                             r"\(82430 words\) against a training epoch \(929589 words: (\d+) s at "

@@ -15,13 +15,15 @@ import sys
 import numpy as np
 import pytest
 
+import in_process
 from conftest import ROOT, write_corpus
-from test_cli import assert_one_line_error, run as run_trainer
+from test_cli import assert_one_line_error, run as run_trainer, run_process
 from test_training import perplexities, start_and_stop
 
-# Trains one epoch and saves the loss of every step and the weights after it. In a process of its own: logical
-# CPU devices can only be set up before TensorFlow's runtime starts, which an earlier test may have done here.
-# argv: corpus, output file, seed, replicas, config fields (name=json value); TF_CONFIG makes it a worker.
+# Trains one epoch per set of config fields and saves the loss of every step and the weights after it. In a process of
+# its own: logical CPU devices can only be set up before TensorFlow's runtime starts, which an earlier test may have
+# done here. argv: corpus, output prefix (a file PREFIX-i.npz per set), seed, replicas, then the sets of config
+# fields, each a JSON object; TF_CONFIG makes it a worker.
 ONE_EPOCH = """
 import json, os, sys
 import numpy as np
@@ -30,33 +32,35 @@ from model import run_epoch
 from tools import distribute, training
 from tools.tf1 import tf
 
-data_path, out, seed, count, options = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+data_path, out, seed, count, option_sets = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 data = reader.load_ptb(data_path)
 data = data._replace(train=data.train[:20000])
-config = configs.get_config("test")
-config.vocab_size = len(data.vocab)
-for option in options:
-    name, value = option.split("=")
-    setattr(config, name, json.loads(value))
 cluster = distribute.read_tf_config(os.environ.get("TF_CONFIG", ""))
 replicas = distribute.Replicas(count, cluster, timeout=120) if count > 1 or cluster else None
-with tf.Graph().as_default():
-    m, mvalid, _ = ptb_word_lm.create_models(config, "fast", "fp32", seed, replicas)
-    run = training.TrainingRun(m, mvalid, data, config, seed, replicas=replicas,
-                               one_process_model=lambda: ptb_word_lm.create_models(config, "fast", "fp32", seed))
-run.start(None)  # with several workers, every worker takes the chief's weights and seed
-m.assign_lr(run.session, 1.0)
-losses = []
-run_epoch(run.session, m, data.train, m.train_op,
-          on_step=lambda position, vals, epoch_size: losses.append(vals["cost"]))
-with run.graph.as_default():
-    weights = dict(zip([v.op.name for v in tf.trainable_variables()], run.session.run(tf.trainable_variables())))
-np.savez(out, losses=np.array(losses), **weights)
+for index, options in enumerate(option_sets):
+    config = configs.get_config("test")
+    config.vocab_size = len(data.vocab)
+    for name, value in json.loads(options).items():
+        setattr(config, name, value)
+    with tf.Graph().as_default():
+        m, mvalid, _ = ptb_word_lm.create_models(config, "fast", "fp32", seed, replicas)
+        run = training.TrainingRun(m, mvalid, data, config, seed, replicas=replicas,
+                                   one_process_model=lambda: ptb_word_lm.create_models(config, "fast", "fp32", seed))
+    run.start(None)  # with several workers, every worker takes the chief's weights and seed
+    m.assign_lr(run.session, 1.0)
+    losses = []
+    run_epoch(run.session, m, data.train, m.train_op,
+              on_step=lambda position, vals, epoch_size: losses.append(vals["cost"]))
+    with run.graph.as_default():
+        weights = dict(zip([v.op.name for v in tf.trainable_variables()], run.session.run(tf.trainable_variables())))
+    np.savez(f"{out}-{index}.npz", losses=np.array(losses), **weights)
+    run.session.close()
 """
 
 
-def one_epoch(ptb_path, out, seed, replicas, options):
-    return [sys.executable, "-c", ONE_EPOCH, ptb_path, str(out), str(seed), str(replicas), *options]
+def one_epoch(ptb_quick, out, seed, replicas, *option_sets):
+    return [sys.executable, "-c", ONE_EPOCH, ptb_quick, str(out), str(seed), str(replicas),
+            *(json.dumps(options) for options in option_sets)]
 
 
 def assert_same_epoch(one_file, other_file):
@@ -69,15 +73,17 @@ def assert_same_epoch(one_file, other_file):
         np.testing.assert_allclose(other[name], one[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-@pytest.mark.parametrize("options", [[], ["keep_prob=0.5"], ["keep_prob=0.6", "variational_dropout=true",
-                                                              "word_keep_prob=0.8"]],
-                         ids=["no-dropout", "dropout", "variational-and-word-dropout"])
-def test_two_replicas_give_the_loss_of_every_step_and_the_weights_of_one_process(ptb_path, tmp_path, options):
-    for replicas in (1, 2):
-        result = subprocess.run(one_epoch(ptb_path, tmp_path / f"{replicas}.npz", 5, replicas, options),
+# No dropout; dropout; variational and word dropout (each replica draws its share of every mask).
+DROPOUTS = [{}, {"keep_prob": 0.5}, {"keep_prob": 0.6, "variational_dropout": True, "word_keep_prob": 0.8}]
+
+
+def test_two_replicas_give_the_loss_of_every_step_and_the_weights_of_one_process(ptb_quick, tmp_path):
+    for replicas in (1, 2):  # each in one process: every dropout in turn
+        result = subprocess.run(one_epoch(ptb_quick, tmp_path / f"{replicas}", 5, replicas, *DROPOUTS),
                                 capture_output=True, text=True, cwd=ROOT, timeout=600)
         assert result.returncode == 0, result.stderr
-    assert_same_epoch(tmp_path / "1.npz", tmp_path / "2.npz")
+    for index, options in enumerate(DROPOUTS):
+        assert_same_epoch(tmp_path / f"1-{index}.npz", tmp_path / f"2-{index}.npz")
 
 
 @contextlib.contextmanager
@@ -103,54 +109,54 @@ def workers(commands):
             process.communicate()
 
 
-def test_two_workers_give_the_loss_of_every_step_and_the_weights_of_one_process(ptb_path, tmp_path):
+def test_two_workers_give_the_loss_of_every_step_and_the_weights_of_one_process(ptb_quick, tmp_path):
     """Worker 1 is given another seed: every worker takes the chief's weights and dropout seed."""
-    options = ["keep_prob=0.5"]
-    with workers([one_epoch(ptb_path, tmp_path / "w0.npz", 5, 1, options),
-                  one_epoch(ptb_path, tmp_path / "w1.npz", 7, 1, options)]) as processes:
-        alone = subprocess.run(one_epoch(ptb_path, tmp_path / "one.npz", 5, 1, options), capture_output=True,
+    options = {"keep_prob": 0.5}
+    with workers([one_epoch(ptb_quick, tmp_path / "w0", 5, 1, options),
+                  one_epoch(ptb_quick, tmp_path / "w1", 7, 1, options)]) as processes:
+        alone = subprocess.run(one_epoch(ptb_quick, tmp_path / "one", 5, 1, options), capture_output=True,
                                text=True, cwd=ROOT, timeout=600)
         for process in processes:
             _, stderr = process.communicate(timeout=600)
             assert process.returncode == 0, stderr
     assert alone.returncode == 0, alone.stderr
-    assert_same_epoch(tmp_path / "one.npz", tmp_path / "w0.npz")
-    assert_same_epoch(tmp_path / "one.npz", tmp_path / "w1.npz")
+    assert_same_epoch(tmp_path / "one-0.npz", tmp_path / "w0-0.npz")
+    assert_same_epoch(tmp_path / "one-0.npz", tmp_path / "w1-0.npz")
 
 
 FLAGS = ["--model=test", "--train_words=20000", "--max_max_epoch=2", "--seed=5", "--keep_prob=0.5"]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ptb_path):
+def uninterrupted(ptb_quick):
     """The perplexities of one process training FLAGS without a stop."""
-    result = run_trainer(f"--data_path={ptb_path}", *FLAGS)
+    result = run_trainer(f"--data_path={ptb_quick}", *FLAGS)
     assert result.returncode == 0, result.stderr
     return perplexities(result.stdout)
 
 
-def test_a_checkpoint_of_two_replicas_resumes_in_one_process(ptb_path, tmp_path, uninterrupted):
+def test_a_checkpoint_of_two_replicas_resumes_in_one_process(ptb_quick, tmp_path, uninterrupted):
     """Stopped inside epoch 1 with 2 replicas, resumed with 1 (the state of every row is in the checkpoint)."""
-    code, stderr = start_and_stop(ptb_path, tmp_path, signal.SIGTERM, r"Epoch: 1 Learning rate.*\n.*\n.*\n0\.2",
+    code, stderr = start_and_stop(ptb_quick, tmp_path, signal.SIGTERM, r"Epoch: 1 Learning rate.*\n.*\n.*\n0\.2",
                                   "--replicas=2", flags=FLAGS)
     assert code == 128 + signal.SIGTERM, stderr
-    resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={tmp_path}")
+    resumed = run_trainer(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"Resuming from .*: epoch 1, step [1-9]\d*", resumed.stdout)
     assert perplexities(resumed.stdout) == pytest.approx(uninterrupted, rel=1e-5)
     # and the other way: one process's checkpoint, at the end of epoch 1, resumed with 4 replicas
-    again = run_trainer(f"--data_path={ptb_path}", *FLAGS[:2], "--max_max_epoch=1", *FLAGS[3:],
+    again = run_trainer(f"--data_path={ptb_quick}", *FLAGS[:2], "--max_max_epoch=1", *FLAGS[3:],
                         f"--save_path={tmp_path}/one")
     assert again.returncode == 0, again.stderr
-    four = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={tmp_path}/one", "--replicas=4")
+    four = run_process(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={tmp_path}/one", "--replicas=4")
     assert four.returncode == 0, four.stderr
     assert re.search(r"Resuming from .*: epoch 2, step 0", four.stdout)
     assert perplexities(four.stdout) == pytest.approx(uninterrupted, rel=1e-5)
 
 
-def trainer(ptb_path, save_path):
+def trainer(ptb_quick, save_path):
     """The command every worker of a run is given."""
-    return [sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_path}", *FLAGS,
+    return [sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_quick}", *FLAGS,
             f"--save_path={save_path}", "--checkpoint_minutes=0.002", "--worker_timeout=60"]
 
 
@@ -163,25 +169,25 @@ def signal_when(process, pattern, signum):
     pytest.fail(f"the process ended before printing {pattern}")
 
 
-def test_killing_a_worker_stops_the_other_with_one_line_and_the_checkpoint_resumes(ptb_path, tmp_path,
+def test_killing_a_worker_stops_the_other_with_one_line_and_the_checkpoint_resumes(ptb_quick, tmp_path,
                                                                                    uninterrupted):
     save_path = tmp_path / "run"
-    with workers([trainer(ptb_path, save_path)] * 2) as (chief, other):
+    with workers([trainer(ptb_quick, save_path)] * 2) as (chief, other):
         signal_when(other, r"^0\.2", signal.SIGKILL)
         _, stderr = chief.communicate(timeout=180)  # --worker_timeout=60 at most, if not sooner
     assert chief.returncode == 4, stderr
     assert re.fullmatch(r"Stopped: lost touch with the other workers \(.+\); the last checkpoint in .*run is kept: "
                         r"restart every worker with the same command to resume\n", stderr), stderr
-    resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={save_path}")  # in one process
+    resumed = run_trainer(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={save_path}")  # in one process
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"Resuming from .*: epoch 1, step [1-9]\d*", resumed.stdout)
     assert perplexities(resumed.stdout) == pytest.approx(uninterrupted, rel=1e-5)
 
 
-def test_ctrl_c_on_a_worker_stops_both_after_one_step_the_chief_saving_and_both_resume(ptb_path, tmp_path,
+def test_ctrl_c_on_a_worker_stops_both_after_one_step_the_chief_saving_and_both_resume(ptb_quick, tmp_path,
                                                                                       uninterrupted):
     save_path = tmp_path / "run"
-    with workers([trainer(ptb_path, save_path)] * 2) as (chief, other):
+    with workers([trainer(ptb_quick, save_path)] * 2) as (chief, other):
         signal_when(other, r"^0\.2", signal.SIGINT)
         _, other_stderr = other.communicate(timeout=180)
         _, chief_stderr = chief.communicate(timeout=180)
@@ -192,7 +198,7 @@ def test_ctrl_c_on_a_worker_stops_both_after_one_step_the_chief_saving_and_both_
     assert chief.returncode == 4, chief_stderr
     assert chief_stderr == (f"Stopped: stopped as another worker was; saved epoch 1, step {stopped.group(1)} to "
                             f"{save_path}: rerun the same command on every worker to resume\n")
-    with workers([trainer(ptb_path, save_path)] * 2) as processes:
+    with workers([trainer(ptb_quick, save_path)] * 2) as processes:
         outputs = [process.communicate(timeout=300) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr
@@ -200,9 +206,9 @@ def test_ctrl_c_on_a_worker_stops_both_after_one_step_the_chief_saving_and_both_
         assert perplexities(stdout) == pytest.approx(uninterrupted, rel=1e-5)
 
 
-def test_ctrl_c_while_waiting_for_the_other_workers_ends_at_once(ptb_path, tmp_path):
+def test_ctrl_c_while_waiting_for_the_other_workers_ends_at_once(ptb_quick, tmp_path):
     """Worker 0 alone: its initializers wait for worker 1 (10 minutes); a signal ends it at once all the same."""
-    with workers([trainer(ptb_path, tmp_path / "run"), ["true"]]) as (chief, _):
+    with workers([trainer(ptb_quick, tmp_path / "run"), ["true"]]) as (chief, _):
         signal_when(chief, r"^Waiting for the 2 workers to start", signal.SIGINT)
         _, stderr = chief.communicate(timeout=120)
     assert chief.returncode == 128 + signal.SIGINT, stderr
@@ -211,6 +217,12 @@ def test_ctrl_c_while_waiting_for_the_other_workers_ends_at_once(ptb_path, tmp_p
 
 
 def run_with_tf_config(tf_config, *args):
+    """ptb_word_lm.py with the environment variable TF_CONFIG, in the process of tests/in_process.py."""
+    return in_process.run("ptb_word_lm.py", *args, env={"TF_CONFIG": tf_config})
+
+
+def run_process_with_tf_config(tf_config, *args):
+    """The same in a process of its own: what TensorFlow's C++ prints on its stderr too."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), *args], capture_output=True,
                           text=True, timeout=300, cwd=ROOT, env=dict(os.environ, TF_CONFIG=tf_config))
 
@@ -250,8 +262,8 @@ def test_a_worker_whose_port_is_taken_says_so(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
-        result = run_with_tf_config(json.dumps(tf_config), f"--data_path={corpus}", "--model=test",
-                                    f"--save_path={tmp_path}/run")
+        result = run_process_with_tf_config(json.dumps(tf_config), f"--data_path={corpus}", "--model=test",
+                                            f"--save_path={tmp_path}/run")
     assert result.returncode == 2
     assert_one_line_error(result, rf"^error: worker 0 cannot serve on 127.0.0.1:{port} \(.*\): give TF_CONFIG a free "
                                   "port for it$")

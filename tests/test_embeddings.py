@@ -1,15 +1,13 @@
 """GloVe vectors in, nearest neighbours and the projector out."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import in_process
 import reader
 from tools import checkpoint, embeddings
 from tools.tf1 import tf
-from conftest import ROOT, write_corpus
+from conftest import write_corpus
 from test_cli import assert_one_line_error, run as run_trainer
 
 
@@ -62,13 +60,10 @@ def test_training_starts_from_glove_and_lm_shows_the_embedding(tmp_path):
     np.testing.assert_array_equal(matrix[vocab.index("cat")], [0.25, -0.5])  # learning rate 0: as loaded
     np.testing.assert_array_equal(matrix[vocab.index("mat")], [0.125, 0.75])
 
-    lm = [sys.executable, os.path.join(ROOT, "lm.py")]
-    nearest = subprocess.run(lm + ["nearest", f"--save_path={save_path}", "--word=cat", "--top_k=3"],
-                             capture_output=True, text=True)
+    nearest = in_process.run("lm.py", "nearest", f"--save_path={save_path}", "--word=cat", "--top_k=3")
     assert nearest.returncode == 0, nearest.stderr
     assert len(nearest.stdout.splitlines()) == 3
-    projector = subprocess.run(lm + ["projector", f"--save_path={save_path}", f"--export_dir={tmp_path}/proj"],
-                               capture_output=True, text=True)
+    projector = in_process.run("lm.py", "projector", f"--save_path={save_path}", f"--export_dir={tmp_path}/proj")
     assert projector.returncode == 0, projector.stderr
     assert (tmp_path / "proj" / "metadata.tsv").read_text().splitlines() == vocab
     assert np.loadtxt(tmp_path / "proj" / "vectors.tsv").shape == (6, 2)

@@ -6,34 +6,24 @@ The test config never saturates a cell (|c| stays below 5 in its first 2,000 ste
 tests set the limit low, between what the first two seeds the program draws reach: a stand-in for large's stuck
 seeds, whose cells pass 1,000 within 50 steps (results/first-steps.txt)."""
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+import in_process
 
-# Runs ptb_word_lm.py with numpy's global generator seeded, so that the seeds it draws are known: 209652396 first
-# (its |c| reaches 0.0289 by step 4 of the test config on 2,000 words), then 398764591 (0.0228 at most).
-SEEDED = """
-import runpy, sys
-import numpy as np
-np.random.seed(0)
-sys.argv = ["ptb_word_lm.py", *sys.argv[1:]]
-runpy.run_path("ptb_word_lm.py", run_name="__main__")
-"""
+# The first seeds ptb_word_lm.py draws when numpy's global generator is seeded with 0: 209652396 (its |c| reaches
+# 0.0289 by step 4 of the test config on 2,000 words), then 398764591 (0.0228 at most).
 FIRST, SECOND = 209652396, 398764591
 QUICK = ["--model=test", "--train_words=2000", "--max_max_epoch=1"]  # 49 windows per epoch: the check sees 4
 
 
-def train(ptb_path, *args, seeded=False):
-    command = [sys.executable, "-c", SEEDED] if seeded else [sys.executable, os.path.join(ROOT, "ptb_word_lm.py")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
-    return subprocess.run([*command, f"--data_path={ptb_path}", *QUICK, *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=dict(env, LC_ALL="C.UTF-8"))
+def train(ptb_quick, *args, seeded=False):
+    """ptb_word_lm.py in the process that runs one command line after another (tests/in_process.py); `seeded`: with
+    numpy's generator seeded with 0."""
+    return in_process.run("ptb_word_lm.py", f"--data_path={ptb_quick}", *QUICK, *args,
+                          numpy_seed=0 if seeded else None)
 
 
 def one_line(result):
@@ -47,9 +37,9 @@ def seed_line(stdout):
     return int(re.search(r"^Model: .* seed: (\d+),", stdout, re.M).group(1))
 
 
-def test_a_drawn_seed_that_stops_learning_is_abandoned_for_another(ptb_path, tmp_path):
+def test_a_drawn_seed_that_stops_learning_is_abandoned_for_another(ptb_quick, tmp_path):
     run = tmp_path / "run"
-    result = train(ptb_path, "--max_cell_state=0.025", f"--save_path={run}", seeded=True)
+    result = train(ptb_quick, "--max_cell_state=0.025", f"--save_path={run}", seeded=True)
     assert result.returncode == 0, result.stderr
     assert seed_line(result.stdout) == FIRST
     assert re.search(rf"^Seed {FIRST} stopped learning at epoch 1, step [1-4] \(a cell state of 0\.0\d+, beyond "
@@ -60,15 +50,15 @@ def test_a_drawn_seed_that_stops_learning_is_abandoned_for_another(ptb_path, tmp
     from tools.tf1 import tf
     assert tf.train.load_variable(str(run), "Model/Train/dropout_seed") == SECOND
     # Resumed (to train longer), the run goes on with its new seed and is not checked again.
-    resumed = train(ptb_path, "--max_cell_state=0.025", f"--save_path={run}", "--max_max_epoch=2", seeded=True)
+    resumed = train(ptb_quick, "--max_cell_state=0.025", f"--save_path={run}", "--max_max_epoch=2", seeded=True)
     assert resumed.returncode == 0, resumed.stderr
     assert seed_line(resumed.stdout) == SECOND and "Resuming from " in resumed.stdout
     assert "stopped learning" not in resumed.stdout
 
 
-def test_a_chosen_seed_that_stops_learning_ends_with_exit_3_and_leaves_no_folder(ptb_path, tmp_path):
+def test_a_chosen_seed_that_stops_learning_ends_with_exit_3_and_leaves_no_folder(ptb_quick, tmp_path):
     run = tmp_path / "run"
-    result = train(ptb_path, "--seed=1", "--max_cell_state=0.01", f"--save_path={run}")
+    result = train(ptb_quick, "--seed=1", "--max_cell_state=0.01", f"--save_path={run}")
     assert result.returncode == 3, result.stderr
     assert re.fullmatch(r"Stopped: the LSTM stopped learning at epoch 1, step [1-4]: a cell state reached 0\.0\d+, "
                         r"beyond --max_cell_state=0\.01 \(a saturated cell grows by about one per word\); seed 1 does "
@@ -78,15 +68,15 @@ def test_a_chosen_seed_that_stops_learning_ends_with_exit_3_and_leaves_no_folder
     assert not run.exists()  # it saved nothing: the folder it created is gone
 
 
-def test_a_run_that_keeps_stopping_gives_up_after_twenty_seeds(ptb_path):
-    result = train(ptb_path, "--max_cell_state=1e-9", seeded=True)
+def test_a_run_that_keeps_stopping_gives_up_after_twenty_seeds(ptb_quick):
+    result = train(ptb_quick, "--max_cell_state=1e-9", seeded=True)
     assert result.returncode == 3, result.stderr
     assert len(re.findall(r"^Seed \d+ stopped learning", result.stdout, re.M)) == 19
     assert "; 20 seeds tried; seed " in one_line(result)
 
 
-def test_the_check_is_off_with_max_cell_state_0(ptb_path):
-    result = train(ptb_path, "--seed=1", "--max_cell_state=0")
+def test_the_check_is_off_with_max_cell_state_0(ptb_quick):
+    result = train(ptb_quick, "--seed=1", "--max_cell_state=0")
     assert result.returncode == 0, result.stderr
     assert "Test Perplexity: " in result.stdout
 

@@ -1,5 +1,4 @@
 """lm.py on a model trained inside the test: generate, predict, score, eval, export, bad input."""
-import atexit
 import json
 import os
 import re
@@ -40,16 +39,10 @@ def model(trained):
     return lm.LanguageModel(trained[0])
 
 
-_running = {}
-
-
 def run_lm(*args, stdin=None):
     """`python lm.py ARGS` as a user runs it, in one process that runs one command line after another
     (tests/in_process.py): its exit code, stdout and stderr."""
-    if "lm" not in _running:
-        _running["lm"] = in_process.Program("lm.py")
-        atexit.register(_running["lm"].close)
-    return _running["lm"].run(list(args), stdin or "")
+    return in_process.run("lm.py", *args, stdin=stdin or "")
 
 
 def test_same_seed_same_text(model):

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import configs
+import in_process
 from conftest import ROOT
 from test_cli import run as run_trainer
 from tools import checkpoint
@@ -27,16 +28,30 @@ def perplexities(stdout):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ptb_path, tmp_path_factory):
+def uninterrupted(ptb_quick, tmp_path_factory):
+    """(stdout, folder) of a run of FLAGS that nothing stops: what the tests below stop, resume and compare to."""
     save_path = tmp_path_factory.mktemp("uninterrupted")
-    result = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={save_path}")
+    result = run_trainer(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={save_path}")
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
     return result.stdout, save_path
 
 
-def start_and_stop(ptb_path, save_path, signum, after_line, *extra, flags=FLAGS):
+def test_the_test_config_trains_end_to_end(uninterrupted):
+    stdout, save_path = uninterrupted
+    values = perplexities(stdout)
+    # Two epochs of a 2-unit model on 20,000 words: far better than uniform guessing (10,000), far worse than small.
+    assert all(200 < v < 2000 for v in values.values()), stdout
+    first_epoch = float(re.search(r"Epoch: 1 Train Perplexity: ([\d.]+)", stdout).group(1))
+    assert values["train"] < 0.8 * first_epoch  # the second epoch learned more
+    files = os.listdir(save_path)
+    assert {"checkpoint", "config.json", "vocab.txt", "metrics.jsonl", "perplexity.png", "run.json"} <= set(files)
+    assert any(f.startswith("model.ckpt-") and f.endswith(".index") for f in files)
+
+
+def start_and_stop(ptb_quick, save_path, signum, after_line, *extra, flags=FLAGS):
     """Starts a run, sends `signum` once it prints a line matching after_line, returns its exit code and stderr."""
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_path}",
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_quick}",
                                 *flags, f"--save_path={save_path}", *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seen = []
@@ -50,41 +65,41 @@ def start_and_stop(ptb_path, save_path, signum, after_line, *extra, flags=FLAGS)
     return process.returncode, stderr
 
 
-def test_same_seed_same_numbers(ptb_path, uninterrupted):
-    again = run_trainer(f"--data_path={ptb_path}", *FLAGS)
+def test_same_seed_same_numbers(ptb_quick, uninterrupted):
+    again = run_trainer(f"--data_path={ptb_quick}", *FLAGS)
     assert again.returncode == 0, again.stderr
     assert perplexities(again.stdout) == perplexities(uninterrupted[0])
 
 
-def test_sigterm_saves_and_the_rerun_resumes_exactly(ptb_path, uninterrupted, tmp_path):
-    code, stderr = start_and_stop(ptb_path, tmp_path, signal.SIGTERM, r"Epoch: 1 Learning rate.*\n.*\n.*\n0\.2")
+def test_sigterm_saves_and_the_rerun_resumes_exactly(ptb_quick, uninterrupted, tmp_path):
+    code, stderr = start_and_stop(ptb_quick, tmp_path, signal.SIGTERM, r"Epoch: 1 Learning rate.*\n.*\n.*\n0\.2")
     assert code == 128 + signal.SIGTERM
     assert re.fullmatch(r"Stopped: stopped by signal 15; saved epoch 1, step \d+ to .*: rerun the same command "
                         r"to resume\n", stderr), stderr
-    resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={tmp_path}")
+    resumed = run_trainer(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"Resuming from .*: epoch 1, step [1-9]\d*", resumed.stdout)
     assert perplexities(resumed.stdout) == perplexities(uninterrupted[0])
 
 
-def test_sigkill_loses_only_the_work_since_the_last_checkpoint(ptb_path, uninterrupted, tmp_path):
-    code, _ = start_and_stop(ptb_path, tmp_path, signal.SIGKILL, r"Epoch: 2 Learning rate.*\n.*\n.*\n0\.2",
+def test_sigkill_loses_only_the_work_since_the_last_checkpoint(ptb_quick, uninterrupted, tmp_path):
+    code, _ = start_and_stop(ptb_quick, tmp_path, signal.SIGKILL, r"Epoch: 2 Learning rate.*\n.*\n.*\n0\.2",
                              "--checkpoint_minutes=0.002")
     assert code == -signal.SIGKILL
-    resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={tmp_path}")
+    resumed = run_trainer(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"Resuming from .*: epoch 2, step [1-9]\d*", resumed.stdout)  # mid-epoch, not from scratch
     assert perplexities(resumed.stdout) == perplexities(uninterrupted[0])
 
 
-def test_nan_stops_training_and_keeps_the_last_good_checkpoint(ptb_path, uninterrupted, tmp_path):
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(ptb_quick, uninterrupted, tmp_path):
     save_path = tmp_path / "run"
     shutil.copytree(uninterrupted[1], save_path)
     good = open(save_path / "checkpoint").read()
     # A third epoch at an absurd learning rate blows the weights up.
     # Where it diverges, and into what (nan, inf, or a finite loss beyond a float's exp), depends on the CPU's
     # rounding; that it is caught before any save does not.
-    result = run_trainer(f"--data_path={ptb_path}", *FLAGS[:-2], "--max_max_epoch=3", "--learning_rate=1e30",
+    result = run_trainer(f"--data_path={ptb_quick}", *FLAGS[:-2], "--max_max_epoch=3", "--learning_rate=1e30",
                          "--checkpoint_minutes=0.0001", f"--save_path={save_path}")
     assert result.returncode == 3, result.stderr
     assert re.fullmatch(r"Stopped: (the loss became \S+ \(gradient norm \S+\) at epoch 3, step \d+|the weights to be "
@@ -92,14 +107,13 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(ptb_path, uninter
                         r"stopped, the last good checkpoint in .* is kept; lower --learning_rate\n", result.stderr), \
         result.stderr
     assert open(save_path / "checkpoint").read() == good
-    evaluated = subprocess.run([sys.executable, os.path.join(ROOT, "lm.py"), "eval", f"--save_path={save_path}",
-                                f"--input={ptb_path}/ptb.test.txt"], capture_output=True, text=True, cwd=ROOT)
+    evaluated = in_process.run("lm.py", "eval", f"--save_path={save_path}", f"--input={ptb_quick}/ptb.test.txt")
     assert evaluated.returncode == 0, evaluated.stderr
     expected = perplexities(uninterrupted[0])["test"]
     assert float(re.search(r"Perplexity: ([\d.]+)", evaluated.stdout).group(1)) == pytest.approx(expected, abs=0.01)
 
 
-def test_a_moved_folder_resumes_from_its_own_files(ptb_path, uninterrupted, tmp_path):
+def test_a_moved_folder_resumes_from_its_own_files(ptb_quick, uninterrupted, tmp_path):
     """The index names its checkpoints relative to the folder; an older, absolute one is read for the name only."""
     index = open(uninterrupted[1] / "checkpoint").read()
     assert str(uninterrupted[1]) not in index and 'model_checkpoint_path: "model.ckpt-' in index
@@ -112,7 +126,7 @@ def test_a_moved_folder_resumes_from_its_own_files(ptb_path, uninterrupted, tmp_
     records = [json.loads(line) for line in (moved / "metrics.jsonl").read_text().splitlines()]
     del records[-1]["test_perplexity"]
     (moved / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={moved}")
+    resumed = run_trainer(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={moved}")
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(rf"Resuming from {moved}/model.ckpt-\d+: epoch 3, step 0", resumed.stdout)
     assert re.search(r"Test Perplexity: ([\d.]+)", resumed.stdout).group(1) == \
@@ -120,11 +134,11 @@ def test_a_moved_folder_resumes_from_its_own_files(ptb_path, uninterrupted, tmp_
     assert not original.exists()
 
 
-def test_rerunning_a_finished_run_says_so_and_changes_nothing(ptb_path, uninterrupted, tmp_path):
+def test_rerunning_a_finished_run_says_so_and_changes_nothing(ptb_quick, uninterrupted, tmp_path):
     """The same command again after the run ended: its numbers, read from metrics.jsonl, and no second test pass."""
     shutil.copytree(uninterrupted[1], tmp_path / "run")
     before = {f: (tmp_path / "run" / f).read_bytes() for f in os.listdir(tmp_path / "run")}
-    again = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={tmp_path}/run")
+    again = run_trainer(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={tmp_path}/run")
     assert again.returncode == 0, again.stderr
     train, valid, test = (re.search(rf"{split} Perplexity: ([\d.]+)\n(?!.*{split} Perplexity)", uninterrupted[0],
                                     re.S).group(1) for split in ("Train", "Valid", "Test"))
@@ -226,9 +240,9 @@ def one_line(stderr):
 
 
 @pytest.mark.parametrize("program", ["ptb_word_lm.py", "lm.py"])
-def test_ctrl_c_while_starting(ptb_path, tmp_path, program):
+def test_ctrl_c_while_starting(ptb_quick, tmp_path, program):
     """Ctrl-C during TensorFlow's import: one line, exit 130, and no save folder left behind."""
-    args = [f"--data_path={ptb_path}", "--model=test", f"--save_path={tmp_path}/run"] if program == "ptb_word_lm.py" \
+    args = [f"--data_path={ptb_quick}", "--model=test", f"--save_path={tmp_path}/run"] if program == "ptb_word_lm.py" \
         else ["generate", f"--save_path={tmp_path}/run"]
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, program), *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -242,25 +256,55 @@ def test_ctrl_c_while_starting(ptb_path, tmp_path, program):
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_at_the_end_of_training_and_in_the_test_pass(ptb_path, uninterrupted, tmp_path):
+# Runs ptb_word_lm.py (argv[2:]) sending itself SIGINT at a point given by argv[1]: as the last epoch's end is saved
+# (where signals wait for the save), or as the test pass starts. Sent from within, it lands there on any machine.
+SIGINT_AT = """
+import os, runpy, signal, sys
+import model
+from tools import training
+where, sys.argv = sys.argv[1], ["ptb_word_lm.py", *sys.argv[2:]]
+if where == "last save":
+    end_epoch = training.TrainingRun.end_epoch
+    def interrupted(self, epoch, *args):
+        if epoch + 1 == self.config.max_max_epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+        return end_epoch(self, epoch, *args)
+    training.TrainingRun.end_epoch = interrupted
+else:
+    run_epoch = model.run_epoch
+    def interrupted(session, m, data, *args, window=None, **kwargs):
+        if window is not None:  # the test pass's windows
+            os.kill(os.getpid(), signal.SIGINT)
+        return run_epoch(session, m, data, *args, window=window, **kwargs)
+    model.run_epoch = interrupted
+runpy.run_path("ptb_word_lm.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("where, message", [
+    ("last save", r"Stopped: stopped by signal 2; saved epoch 3, step 0 to .*: rerun the same command to resume"),
+    ("test pass", r"Stopped: stopped by signal 2 \(SIGINT\) in the test pass; the trained model is saved in .*: "
+                  r"rerun the same command to run the test pass")])
+def test_ctrl_c_at_the_end_of_training_and_in_the_test_pass(ptb_quick, uninterrupted, tmp_path, where, message):
     """Between the last epoch and the test pass, or in it: exit 130, and the rerun gives the same test perplexity."""
-    code, stderr = start_and_stop(ptb_path, tmp_path, signal.SIGINT, r"Epoch: 2 Valid Perplexity")
-    assert code == 128 + signal.SIGINT
-    assert re.fullmatch(r"Stopped: stopped by signal 2.*(rerun the same command to run the test pass|saved epoch 3, "
-                        r"step 0 to .*: rerun the same command to resume)", one_line(stderr)), stderr
-    resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS, f"--save_path={tmp_path}")
+    stopped = subprocess.run([sys.executable, "-c", SIGINT_AT, where, f"--data_path={ptb_quick}", *FLAGS,
+                              f"--save_path={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr
+    assert re.fullmatch(message, one_line(stopped.stderr))
+    assert "Test Perplexity" not in stopped.stdout
+    resumed = run_trainer(f"--data_path={ptb_quick}", *FLAGS, f"--save_path={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"Test Perplexity: ([\d.]+)", resumed.stdout).group(1) == \
         re.search(r"Test Perplexity: ([\d.]+)", uninterrupted[0]).group(1)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_lm_eval_stopped_by_a_signal(ptb_path, uninterrupted, tmp_path, signum):
+def test_lm_eval_stopped_by_a_signal(ptb_quick, uninterrupted, tmp_path, signum):
     """Stopped while it evaluates: one line, 128 + the signal, no perplexity.
 
     The signal follows the note on the text's one unknown word, which eval prints once the text is read and
     before it scores it: a fixed wait of 6 s once saw the whole of ptb.train.txt scored before its signal."""
-    with open(f"{ptb_path}/ptb.train.txt") as f:
+    with open(f"{ptb_quick}/ptb.train.txt") as f:
         (tmp_path / "text.txt").write_text("zyzzyva" + f.read())
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "lm.py"), "eval", f"--save_path={uninterrupted[1]}",
                                 f"--input={tmp_path}/text.txt"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -299,13 +343,13 @@ def fill(disk):
             f.write(b"\0" * min(stat.f_bavail * stat.f_frsize, 1 << 20))
 
 
-def test_a_full_disk_ends_with_one_line_and_keeps_the_last_checkpoint(ptb_path, small_disk):
+def test_a_full_disk_ends_with_one_line_and_keeps_the_last_checkpoint(ptb_quick, small_disk):
     save_path = small_disk / "run"
-    first = run_trainer(f"--data_path={ptb_path}", *FLAGS[:-2], "--max_max_epoch=1", f"--save_path={save_path}")
+    first = run_trainer(f"--data_path={ptb_quick}", *FLAGS[:-2], "--max_max_epoch=1", f"--save_path={save_path}")
     assert first.returncode == 0, first.stderr
     before = {f: (save_path / f).read_bytes() for f in os.listdir(save_path) if not f.startswith("events.")}
     fill(small_disk)
-    resumed = run_trainer(f"--data_path={ptb_path}", *FLAGS[:-2], "--max_max_epoch=2", f"--save_path={save_path}")
+    resumed = run_trainer(f"--data_path={ptb_quick}", *FLAGS[:-2], "--max_max_epoch=2", f"--save_path={save_path}")
     assert resumed.returncode == 1, resumed.stderr
     # Its first write is TensorBoard's, at the first progress line, long before the checkpoint is saved.
     assert re.fullmatch(rf"error: No space left on device \({re.escape(str(save_path))}/events\.out\.tfevents\."
@@ -313,14 +357,13 @@ def test_a_full_disk_ends_with_one_line_and_keeps_the_last_checkpoint(ptb_path, 
                         one_line(resumed.stderr))
     after = {f: (save_path / f).read_bytes() for f in os.listdir(save_path) if not f.startswith("events.")}
     assert after == before
-    exported = subprocess.run([sys.executable, os.path.join(ROOT, "lm.py"), "export", f"--save_path={save_path}",
-                               f"--export_dir={small_disk}/exported"], capture_output=True, text=True, cwd=ROOT)
+    exported = in_process.run("lm.py", "export", f"--save_path={save_path}", f"--export_dir={small_disk}/exported")
     assert exported.returncode == 1
     assert one_line(exported.stderr) == f"error: No space left on device ({small_disk}/exported): free space on " \
                                         "that disk, or choose a folder on another one"
     assert sorted(os.listdir(small_disk)) == ["filler", "run"]  # no half-written SavedModel, no temporary folder
     os.remove(small_disk / "filler")
-    again = run_trainer(f"--data_path={ptb_path}", *FLAGS[:-2], "--max_max_epoch=2", f"--save_path={save_path}")
+    again = run_trainer(f"--data_path={ptb_quick}", *FLAGS[:-2], "--max_max_epoch=2", f"--save_path={save_path}")
     assert again.returncode == 0, again.stderr
     assert "Resuming from" in again.stdout and "Epoch: 2 Valid Perplexity" in again.stdout
 

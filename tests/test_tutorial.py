@@ -11,7 +11,6 @@ import os
 import sys
 
 import nbformat
-import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 

@@ -140,6 +140,11 @@ def parse_first(arguments=0):
     return _state["argv"]
 
 
+def reset():
+    """Back to the state before parse_first, for a process that runs programs one after another (tests/in_process.py)."""
+    _state.update(argv=None, main=False, defer=False)
+
+
 def fail(message, code=USAGE, prefix="error: "):
     print(prefix + message, file=sys.stderr, flush=True)
     if _state["at_once"]:

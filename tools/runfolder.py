@@ -143,6 +143,13 @@ def prepare(path):
     return created
 
 
+def release_all():
+    """Gives back every folder this process holds, as its end does (for a process that runs programs one after
+    another: tests/in_process.py)."""
+    while _held:
+        os.close(_held.popitem()[1])
+
+
 def remove_unused(folders):
     """Removes the folders a training created (deepest first) if it saved nothing in them, and its claim on them.
 
