@@ -16,6 +16,12 @@ for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL", "TF_CPP_VMODULE", 
 os.environ.update(LC_ALL="C.UTF-8", LANG="C.UTF-8")
 
 
+def pytest_collection_modifyitems(items):
+    """The tests marked `long` (minutes each) first: pytest-xdist's workers take the rest as they free up, and one
+    started last would keep its worker busy long after the other has ended."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session")
 def ptb_path():
     """The real corpus, from the environment variable PTB_DATA (.ci/run sets it)."""

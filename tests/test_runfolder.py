@@ -17,7 +17,7 @@ import configs
 import in_process
 from tools import checkpoint, kernels, runfolder
 from conftest import ROOT, write_corpus
-from test_cli import run as run_trainer
+from test_cli import run as run_trainer, run_process
 
 SENTENCES = "".join(f" the {a} sat on the {b}\n" for a in ("cat", "dog", "rat") for b in ("mat", "rug")) * 40
 FLAGS = ["--model=test", "--seed=3"]  # 1680 words: 41 windows per epoch
@@ -31,9 +31,11 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alone(corpus, tmp_path_factory):
-    """(stdout, folder) of two epochs trained alone, never stopped."""
+    """(stdout, folder) of two epochs trained alone, never stopped. In a process of its own, like the trainings it is
+    compared to byte for byte: the graph in a .meta file names its custom gradient by a count of those the process made
+    before (tf.custom_gradient's "CustomGradient-N")."""
     save_path = tmp_path_factory.mktemp("alone")
-    result = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=2", f"--save_path={save_path}")
+    result = run_process(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=2", f"--save_path={save_path}")
     assert result.returncode == 0, result.stderr
     return result.stdout, save_path
 

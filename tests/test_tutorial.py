@@ -11,6 +11,7 @@ import os
 import sys
 
 import nbformat
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
@@ -63,6 +64,7 @@ def test_stored_notebook_holds_its_outputs():
     check_outputs(notebook)
 
 
+@pytest.mark.long
 def test_notebook_runs_and_its_checks_hold(ptb_path, tmp_path):
     """Executes every cell (each holds asserts on the values it prints); floats are not compared to the stored run.
 
