@@ -1,4 +1,4 @@
-"""Runs a program's command lines one after another inside one long-lived Python process, as `python PROGRAM ARGS`
+"""Runs the programs' command lines one after another inside one long-lived Python process, as `python PROGRAM ARGS`
 runs them: TensorFlow is imported once, not once per command line (seconds each), which is what made the bad-input
 cases most of the suite's time.
 
@@ -15,12 +15,11 @@ import sys
 
 from conftest import ROOT
 
-# The server: reads one JSON request per line ({"args", "stdin", "numpy_seed", "env"}), answers one line
+# The server: reads one JSON request per line ({"program", "args", "stdin", "numpy_seed", "env"}), answers one line
 # "@@RESULT {code, stdout, stderr}".
 SERVER = r"""
 import contextlib, io, json, os, runpy, sys, traceback
 sys.path.insert(0, ROOT)
-program = os.path.join(ROOT, PROGRAM)
 from absl import flags
 from tools import cli, runfolder
 import numpy
@@ -28,12 +27,16 @@ import tools.tf1  # TensorFlow, once, before the first request
 protocol = os.fdopen(os.dup(1), "w")
 for line in sys.stdin:
     request = json.loads(line)
-    # The program's flags go (absl files a __main__'s flags under sys.argv[0]), and its file defines them anew:
-    # nothing carries over from the command line before. (Kept, absl would skip the new definitions as those of a
-    # module imported twice, except when the new module object got the old one's id: then it refuses them.)
-    for flag in list(flags.FLAGS.flags_by_module_dict().get(program, [])):
-        if flag.name in flags.FLAGS:
-            delattr(flags.FLAGS, flag.name)
+    program = os.path.join(ROOT, request["program"])
+    # The flags of the programs run before go (absl files a __main__'s flags under its path, sys.argv[0]), and the
+    # program's file defines its own anew: nothing carries over from the command line before. (Kept, absl would
+    # refuse another program's flag of the same name, and skip the program's own as those of a module imported
+    # twice, except when the new module object got the old one's id: then it refuses them too.)
+    for module, module_flags in flags.FLAGS.flags_by_module_dict().items():
+        if os.path.dirname(module) == ROOT:
+            for flag in list(module_flags):
+                if flag.name in flags.FLAGS:
+                    delattr(flags.FLAGS, flag.name)
     flags.FLAGS.unparse_flags()
     sys.argv = [program, *request["args"]]
     cli.reset()
@@ -68,46 +71,46 @@ class Result:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
-class Program:
-    """`python PROGRAM ...` run by run(args, stdin, numpy_seed, env) in one process started once; close() ends it."""
+class Server:
+    """The process that runs command lines, started at once; run(...) runs one, close() ends it."""
 
-    def __init__(self, program):
-        script = SERVER.replace("ROOT", repr(ROOT)).replace("PROGRAM", repr(program))
-        self.process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", SERVER.replace("ROOT", repr(ROOT))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True, cwd=ROOT)
 
-    def run(self, args, stdin="", numpy_seed=None, env=None):
-        request = {"args": args, "stdin": stdin, "numpy_seed": numpy_seed, "env": env or {}}
+    def run(self, program, args, stdin="", numpy_seed=None, env=None):
+        request = {"program": program, "args": args, "stdin": stdin, "numpy_seed": numpy_seed, "env": env or {}}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         for line in self.process.stdout:
             if line.startswith("@@RESULT "):
                 answer = json.loads(line[len("@@RESULT "):])
                 return Result(answer["code"], answer["stdout"], answer["stderr"])
-        raise RuntimeError(f"the process running {args} ended with exit code {self.process.wait()}")
+        raise RuntimeError(f"the process running {program} {args} ended with exit code {self.process.wait()}")
 
     def close(self):
         self.process.stdin.close()
         self.process.wait(timeout=60)
 
 
-_running = {}  # {program: its Program}, one per program in each process of the tests (each pytest-xdist worker)
+_server = []  # the Server of this process of the tests (each pytest-xdist worker has its own), once started
 
 
 def run(program, *args, stdin="", numpy_seed=None, env=None):
-    """`python PROGRAM ARGS` (with `stdin`), run by PROGRAM's Program, started at the first call: a Result.
+    """`python PROGRAM ARGS` (with `stdin`), run by the Server, started at the first call: a Result.
     `numpy_seed`: numpy's global generator seeded so first, for the seeds a program draws from it; `env`: environment
     variables set for this command line only."""
-    if program not in _running:
-        _running[program] = Program(program)
+    if not _server:
+        _server.append(Server())
     try:
-        return _running[program].run(list(args), stdin, numpy_seed, env)
+        return _server[0].run(program, list(args), stdin, numpy_seed, env)
     except RuntimeError:
-        del _running[program]  # it ended (crashed): the next call starts another
+        _server.clear()  # it ended (crashed): the next call starts another
         raise
 
 
 @atexit.register
-def _close_all():
-    for program in _running.values():
-        program.close()
+def _close():
+    for server in _server:
+        server.close()
