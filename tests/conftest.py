@@ -14,6 +14,10 @@ for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL", "TF_CPP_VMODULE", 
              "TF_ENABLE_ONEDNN_OPTS", "TF_XLA_FLAGS", "PYTHONWARNINGS", "PYTHONOPTIMIZE", "LANGUAGE"):
     os.environ.pop(name, None)
 os.environ.update(LC_ALL="C.UTF-8", LANG="C.UTF-8")
+# One thread per process for TensorFlow's ops and for numpy's and torch's (OpenMP, OpenBLAS): pytest-xdist runs two
+# workers on the two cores, and a second thread of each mostly waited, spinning, on the other worker's core: a tenth
+# of the suite's time. No test depends on the thread count.
+os.environ.update(TF_NUM_INTRAOP_THREADS="1", OMP_NUM_THREADS="1")
 
 
 def pytest_collection_modifyitems(items):

@@ -227,8 +227,7 @@ def test_benchmark_times_pytorch_where_torch_is_installed_and_says_so_where_not(
     assert without.returncode == 0, without.stderr
     assert without.stdout.splitlines()[-1] == "pytorch: not installed (pip install torch): not timed"
     pytest.importorskip("torch")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), *args], capture_output=True,
-                            text=True, timeout=300, cwd=ROOT)
+    result = in_process.run("benchmark.py", *args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert re.fullmatch(PYTORCH_LINE.format("fp32     "), lines[-2]), result.stdout
