@@ -468,15 +468,14 @@ def run_tune(lm, rms):
 
     rms: {} or the RMS form's fixed settings (--dynamic_rms=FILE ...), to search that form too."""
     valid, test = read_ids(lm, FLAGS.valid, "--valid"), read_ids(lm, FLAGS.input)
-    longest = max(tune.SGD_SEARCH.window, *tune.SGD_SEARCH.windows)
+    longest = tune.SGD_SEARCH.longest
     if len(valid) - 1 < longest:
         words = f"{len(valid) - 1} word{'s' * (len(valid) != 2)}"
         raise UsageError(f"--valid={FLAGS.valid} holds {words} to predict, fewer than tune's longest "
                          f"window ({longest}): give a longer text to choose the settings on (ptb.valid.txt)")
     evaluation, rms_passes = dynamic_evaluation(lm, rms), ""
     if rms:  # adapt.json keeps --dynamic_rms as given: eval --adapt=tuned reads a relative one from where it runs
-        longest = max(tune.RMS_SEARCH.window, *tune.RMS_SEARCH.windows)
-        problem = evaluation.statistics.problem(longest)  # refused now, not after the hours of the searches before
+        problem = evaluation.statistics.problem(tune.RMS_SEARCH.longest)  # refused now, not after hours of searches
         if problem:
             raise UsageError(f"{problem}, the longest tune tries: give a longer --dynamic_rms or a larger "
                              "--dynamic_stat_words")

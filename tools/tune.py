@@ -34,6 +34,11 @@ class Search(collections.namedtuple("Search", "method lrs window windows decays"
     def passes(self):
         return len(self.lrs) + len(FINER_LRS) + len(self.windows) + len(self.decays)
 
+    @property
+    def longest(self):
+        """The longest window it tries: a text to search on needs that many words to predict."""
+        return max(self.window, *self.windows)
+
 
 SGD_SEARCH = Search("dynamic", (0.001, 0.003, 0.01, 0.03, 0.1, 0.3), 20, (10, 35), (0.002, 0.006, 0.02))
 # The RMS form's step g / (rms + eps) is about 1 per weight where plain SGD's is g: its rates are 100 times smaller
