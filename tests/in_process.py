@@ -10,8 +10,10 @@ start several replicas (whose logical devices must be set up before TensorFlow's
 """
 import atexit
 import json
+import signal
 import subprocess
 import sys
+import threading
 
 from conftest import ROOT
 
@@ -79,15 +81,23 @@ class Server:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         text=True, cwd=ROOT)
 
-    def run(self, program, args, stdin="", numpy_seed=None, env=None):
+    def run(self, program, args, stdin="", numpy_seed=None, env=None, timeout=600):
+        """Runs one command line; a command line still running after `timeout` seconds ends the process."""
         request = {"program": program, "args": args, "stdin": stdin, "numpy_seed": numpy_seed, "env": env or {}}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
-        for line in self.process.stdout:
-            if line.startswith("@@RESULT "):
-                answer = json.loads(line[len("@@RESULT "):])
-                return Result(answer["code"], answer["stdout"], answer["stderr"])
-        raise RuntimeError(f"the process running {program} {args} ended with exit code {self.process.wait()}")
+        timer = threading.Timer(timeout, self.process.kill)
+        timer.start()
+        try:
+            for line in self.process.stdout:
+                if line.startswith("@@RESULT "):
+                    answer = json.loads(line[len("@@RESULT "):])
+                    return Result(answer["code"], answer["stdout"], answer["stderr"])
+        finally:
+            timer.cancel()
+        code = self.process.wait()
+        killed = f" (SIGKILL: still running after {timeout} s, or out of memory)" if code == -signal.SIGKILL else ""
+        raise RuntimeError(f"the process running {program} {args} ended with exit code {code}{killed}")
 
     def close(self):
         self.process.stdin.close()
