@@ -14,15 +14,16 @@ for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL", "TF_CPP_VMODULE", 
              "TF_ENABLE_ONEDNN_OPTS", "TF_XLA_FLAGS", "PYTHONWARNINGS", "PYTHONOPTIMIZE", "LANGUAGE"):
     os.environ.pop(name, None)
 os.environ.update(LC_ALL="C.UTF-8", LANG="C.UTF-8")
-# One thread per process for TensorFlow's ops and for numpy's and torch's (OpenMP, OpenBLAS): pytest-xdist runs two
-# workers on the two cores, and a second thread of each mostly waited, spinning, on the other worker's core: a tenth
-# of the suite's time. No test depends on the thread count.
+# One thread per process for each of TensorFlow's ops (its intra-op pool) and for numpy's and torch's (OpenMP,
+# OpenBLAS): pytest-xdist runs two workers on the two cores, and a second thread of each mostly waited, spinning, on
+# the other worker's core: a tenth of the suite's time. No test depends on the thread count.
 os.environ.update(TF_NUM_INTRAOP_THREADS="1", OMP_NUM_THREADS="1")
 
 
 def pytest_collection_modifyitems(items):
-    """The tests marked `long` (minutes each) first: pytest-xdist's workers take the rest as they free up, and one
-    started last would keep its worker busy long after the other has ended."""
+    """The tests marked `long` (minutes each) first: pytest-xdist's worksteal gives each worker half of the tests in
+    this order and lets one that runs out take from the end of the other's, so a long test started last would keep
+    its worker busy long after the other has ended."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 

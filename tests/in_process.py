@@ -7,12 +7,16 @@ shell: its flags parsed and checked by cli.parse_first, main run by cli.run, one
 cli.fail. What it cannot show is the process itself (the exit status the shell sees, the C++ lines on fd 2, signals):
 tests/test_bad_input.py keeps a dozen cases as real subprocesses for that, and the tests that send signals or
 start several replicas (whose logical devices must be set up before TensorFlow's runtime starts) start processes.
+What the first command line fixes for the process stays: TensorFlow's thread pools (so --num_threads is not for
+here), and the modules imported (ptb_word_lm.py's, lm.py's and benchmark.py's files run anew each time, the
+project's modules and TensorFlow's do not).
 """
 import atexit
 import json
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 
 from conftest import ROOT
@@ -20,7 +24,7 @@ from conftest import ROOT
 # The server: reads one JSON request per line ({"program", "args", "stdin", "numpy_seed", "env"}), answers one line
 # "@@RESULT {code, stdout, stderr}".
 SERVER = r"""
-import contextlib, io, json, os, runpy, sys, traceback
+import contextlib, io, json, os, runpy, sys, traceback, warnings
 sys.path.insert(0, ROOT)
 from absl import flags
 from tools import cli, runfolder
@@ -48,7 +52,8 @@ for line in sys.stdin:
         numpy.random.seed(request["numpy_seed"])
     stdin = io.TextIOWrapper(io.BytesIO(request["stdin"].encode()), encoding="utf-8")
     out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # catch_warnings: the filters as they were, and a warning shown once per place is shown again, as in a new process.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
         sys.stdin = stdin
         try:
             runpy.run_path(program, run_name="__main__")
@@ -77,8 +82,10 @@ class Server:
     """The process that runs command lines, started at once; run(...) runs one, close() ends it."""
 
     def __init__(self):
+        # Its own stderr (TensorFlow's C++ lines; Python's, should it crash) goes to a file, shown if it ends.
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen([sys.executable, "-c", SERVER.replace("ROOT", repr(ROOT))],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                         text=True, cwd=ROOT)
 
     def run(self, program, args, stdin="", numpy_seed=None, env=None, timeout=600):
@@ -97,11 +104,14 @@ class Server:
             timer.cancel()
         code = self.process.wait()
         killed = f" (SIGKILL: still running after {timeout} s, or out of memory)" if code == -signal.SIGKILL else ""
-        raise RuntimeError(f"the process running {program} {args} ended with exit code {code}{killed}")
+        self.log.seek(0)
+        raise RuntimeError(f"the process running {program} {args} ended with exit code {code}{killed}; the end of "
+                           f"its stderr:\n{self.log.read()[-3000:]}")
 
     def close(self):
         self.process.stdin.close()
         self.process.wait(timeout=60)
+        self.log.close()
 
 
 _server = []  # the Server of this process of the tests (each pytest-xdist worker has its own), once started

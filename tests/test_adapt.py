@@ -510,7 +510,7 @@ def test_ctrl_c_in_tune_ends_with_one_line_and_keeps_its_progress_whole(trained,
 def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model, tmp_path, monkeypatch):
     """Stopped (a Ctrl-C: KeyboardInterrupt here) in the RMS form's search, at its end, or after its test pass, then
     rerun: what was measured is read back, not measured again, and the record is the unbroken tune's."""
-    # Smaller searches of the same shape (6 passes each instead of 13 and 12), and statistics of 200 words: a tune is
+    # Smaller searches of the same shape (6 passes each instead of 13 and 11), and statistics of 200 words: a tune is
     # run seven times here.
     monkeypatch.setattr(tune, "SGD_SEARCH", tune.Search("dynamic", (0.003, 0.03), 20, (10,), (0.006,)))
     monkeypatch.setattr(tune, "RMS_SEARCH", tune.Search("dynamic_rms", (3e-4, 1e-3), 10, (5,), (0.01,)))

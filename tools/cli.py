@@ -142,7 +142,8 @@ def parse_first(arguments=0):
 
 def reset():
     """Back to the state before parse_first, for a process that runs programs one after another (tests/in_process.py)."""
-    _state.update(argv=None, main=False, defer=False)
+    _state.update(argv=None, main=False, defer=False, at_once=False)
+    received.clear()
 
 
 def fail(message, code=USAGE, prefix="error: "):
