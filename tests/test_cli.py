@@ -20,11 +20,11 @@ def run(*args):
     return in_process.run("ptb_word_lm.py", *args)
 
 
-def run_process(*args):
-    """The same in a process of its own: for several replicas, whose logical devices are set up before TensorFlow's
-    runtime starts."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), *args],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+def run_process(*args, env=None):
+    """The same in a process of its own (with the environment variables `env` added): for several replicas, whose
+    logical devices are set up before TensorFlow's runtime starts, and for what TensorFlow's C++ prints on stderr."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env=dict(os.environ, **(env or {})))
 
 
 def assert_one_line_error(result, message):

@@ -221,12 +221,6 @@ def run_with_tf_config(tf_config, *args):
     return in_process.run("ptb_word_lm.py", *args, env={"TF_CONFIG": tf_config})
 
 
-def run_process_with_tf_config(tf_config, *args):
-    """The same in a process of its own: what TensorFlow's C++ prints on its stderr too."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), *args], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env=dict(os.environ, TF_CONFIG=tf_config))
-
-
 TWO = '"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}'
 
 
@@ -262,8 +256,8 @@ def test_a_worker_whose_port_is_taken_says_so(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
-        result = run_process_with_tf_config(json.dumps(tf_config), f"--data_path={corpus}", "--model=test",
-                                            f"--save_path={tmp_path}/run")
+        result = run_process(f"--data_path={corpus}", "--model=test", f"--save_path={tmp_path}/run",
+                             env={"TF_CONFIG": json.dumps(tf_config)})
     assert result.returncode == 2
     assert_one_line_error(result, rf"^error: worker 0 cannot serve on 127.0.0.1:{port} \(.*\): give TF_CONFIG a free "
                                   "port for it$")
