@@ -3,9 +3,10 @@ the same training windows (same weights, same dropout masks, the same LSTM state
 clipped gradient that SGD applies four ways: all in fp32 (the reference); --precision=bf16 as trained; bf16 only
 in the softmax's matmuls (forward and gradient); bf16 only in the fast LSTM gradient's matmuls. Prints, for each
 variable and in all, how far each one's gradient is from fp32's, ||g - g_fp32|| / ||g_fp32|| (the mean over the
-windows), and whether that error is noise, which SGD's many small steps average out, or a bias, the same
-direction window after window, which they add up.
+windows), and how much of that error is noise, which SGD's many small steps average out, and how much is the
+same window after window, which they add up.
 Usage, from the project root: python results/bf16_gradient_error.py runs/medium-bf16 ../shared/data/ptb [windows]"""
+import itertools
 import os
 import sys
 
@@ -38,56 +39,73 @@ VARIANTS = {"bf16 (as trained)": (PTBModel, "bf16"), "softmax only": (SoftmaxOnl
 
 def main(save_path, data_path, windows):
     config, vocab, prefix = checkpoint.load(save_path)
-    model_name = (runfolder.read_marker(save_path) or {}).get("model")
+    record = runfolder.read_marker(save_path) or {}
+    assert config.cell == "lstm", "the variants differ in the LSTM's gradient: an LSTM's checkpoint is needed"
     data = reader.load_ptb(data_path)
     assert data.vocab == vocab, "the checkpoint's vocabulary is not this corpus's"
     with tf.Graph().as_default():
         with tf.variable_scope("Model", reuse=tf.AUTO_REUSE):
             reference = PTBModel(True, config, config.batch_size, config.num_steps, "fast", "fp32")
-            others = {name: cls(True, config, config.batch_size, config.num_steps, "fast", precision,
-                                inputs=(reference.input_data, reference.targets, reference.initial_state))
-                      for name, (cls, precision) in VARIANTS.items()}
+            variants = {name: cls(True, config, config.batch_size, config.num_steps, "fast", precision,
+                                  inputs=(reference.input_data, reference.targets, reference.initial_state))
+                        for name, (cls, precision) in VARIANTS.items()}
+            seed = dropout_seed()
+        global_step = tf.train.get_or_create_global_step()
         names = [v.op.name.replace("Model/", "").replace("RNN/multi_rnn_cell/", "").replace("/basic_lstm_cell", "")
                  for v in tf.trainable_variables()]
-        # The weights, the step and the dropout seed where the checkpoint has one (older ones start at 0); each
-        # variant's learning-rate variable is not read.
-        wanted = tf.trainable_variables() + [tf.train.get_or_create_global_step(), dropout_seed()]
-        in_checkpoint = {name for name, _ in tf.train.list_variables(prefix)}
         session = tf.Session()
-        session.run(tf.global_variables_initializer())
-        tf.train.Saver([v for v in wanted if v.op.name in in_checkpoint]).restore(session, prefix)
-        step = session.run(tf.train.get_or_create_global_step())
-        dense = lambda grads: [tf.convert_to_tensor(g) for g in grads]  # the embedding's comes as IndexedSlices
+        restore(session, prefix, tf.trainable_variables() + [global_step], optional=[seed])
+        step = session.run(global_step)
         fetches = {"reference": dense(reference.clipped_grads),
-                   **{name: dense(m.clipped_grads) for name, m in others.items()}}
-        batches = reader.ptb_iterator(data.train, config.batch_size, config.num_steps)
-        relative = {name: [] for name in others}  # per window: ||g - g_fp32|| / ||g_fp32||, per variable and all
-        summed = {name: None for name in others}  # the sum over windows of g - g_fp32, per variable
-        squares = {name: 0 for name in others}    # the sum over windows of ||g - g_fp32||^2, per variable
-        for _, vals in carry_state(session, (next(batches) for _ in range(windows)), lambda _: (reference, fetches)):
-            for name in others:
+                   **{name: dense(m.clipped_grads) for name, m in variants.items()}}
+        relative = {name: [] for name in variants}  # per window: ||g - g_fp32|| / ||g_fp32||, per variable and all
+        summed = {name: 0 for name in variants}     # the sum over windows of g - g_fp32, per variable
+        squares = {name: 0 for name in variants}    # the sum over windows of ||g - g_fp32||^2, per variable and all
+        batches = itertools.islice(reader.ptb_iterator(data.train, config.batch_size, config.num_steps), windows)
+        for i, (_, vals) in enumerate(carry_state(session, batches, lambda _: (reference, fetches))):
+            global_step.load(step + i + 1, session)  # the next window's dropout masks: the next step's, as in training
+            for name in variants:
                 errors = [g - r for g, r in zip(vals[name], vals["reference"])]
-                relative[name].append(np.append(norms(errors), norm_all(errors)) /
-                                      np.append(norms(vals["reference"]), norm_all(vals["reference"])))
-                summed[name] = errors if summed[name] is None else [s + e for s, e in zip(summed[name], errors)]
-                squares[name] = squares[name] + np.append(norms(errors), norm_all(errors)) ** 2
-    print(f"# {save_path} ({model_name}, global step {step}), the first {windows} windows of ptb.train.txt")
-    print(f"# error: ||g - g_fp32|| / ||g_fp32||, mean over windows; bias: ||sum of (g - g_fp32)|| / "
-          f"sqrt(sum of ||g - g_fp32||^2), 1 for independent noise, {np.sqrt(windows):.2f} for the same error each window")
-    print(f"{'':26}" + "".join(f"{c:>14}" for c in names + ["all"]))
-    for name in others:
-        print(f"{name + ', error':26}" + "".join(f"{e:14.2e}" for e in np.mean(relative[name], axis=0)))
-        bias = np.append(norms(summed[name]), norm_all(summed[name])) / np.sqrt(squares[name])
-        print(f"{name + ', bias':26}" + "".join(f"{b:14.2f}" for b in bias))
+                error_norms = with_all(errors)
+                relative[name].append(error_norms / with_all(vals["reference"]))
+                summed[name] = [s + e for s, e in zip(summed[name], errors)] if i else errors
+                squares[name] = squares[name] + error_norms ** 2
+    print(f"# {save_path} ({record.get('model')}, trained in {record.get('precision', 'an unrecorded precision')}, "
+          f"global step {step}): the first {windows} windows of ptb.train.txt, with the dropout masks of steps "
+          f"{step}-{step + windows - 1}")
+    print("# error: ||g - g_fp32|| / ||g_fp32||, the mean over the windows")
+    print("# repeated: the share of the error that is the same window after window, (||sum of (g - g_fp32)||^2 / "
+          "sum of ||g - g_fp32||^2 - 1) / (windows - 1): about 0 for noise, 1 for one error repeated; "
+          "'exact' where the gradients equal fp32's")
+    print(f"{'':30}" + "".join(f"{c:>14}" for c in names + ["all"]))
+    for name in variants:
+        print(f"{name + ', error':30}" + "".join(f"{e:14.2e}" for e in np.mean(relative[name], axis=0)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            repeated = (with_all(summed[name]) ** 2 / squares[name] - 1) / (windows - 1)
+        print(f"{name + ', repeated':30}" +
+              "".join(f"{r:14.2f}" if squares[name][j] else f"{'exact':>14}" for j, r in enumerate(repeated)))
 
 
-def norms(arrays):
-    return np.array([np.linalg.norm(a) for a in arrays])
+def restore(session, prefix, variables, optional):
+    """Restores `variables` from the checkpoint, and those of `optional` it has (the others keep their initial value:
+    a dropout seed of 0 in checkpoints older than the saved seed); the variants' learning rates are not read."""
+    in_checkpoint = {name for name, _ in tf.train.list_variables(prefix)}
+    missing = [v.op.name for v in variables if v.op.name not in in_checkpoint]
+    assert not missing, f"{prefix} lacks {missing}"
+    session.run(tf.global_variables_initializer())
+    tf.train.Saver(variables + [v for v in optional if v.op.name in in_checkpoint]).restore(session, prefix)
 
 
-def norm_all(arrays):
-    """The norm of all the arrays as one vector."""
-    return np.sqrt(sum(np.sum(a ** 2) for a in arrays))
+def dense(gradients):
+    """The gradients as dense tensors (the embedding's comes as IndexedSlices)."""
+    return [tf.convert_to_tensor(g) for g in gradients]
+
+
+def with_all(arrays):
+    """The norm of each array, then of all of them as one vector."""
+    each = np.array([np.linalg.norm(a) for a in arrays])
+    return np.append(each, np.sqrt(np.sum(each ** 2)))
+
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 20)
