@@ -39,7 +39,8 @@ flags.DEFINE_enum("rnn_mode", "fast", list(configs.RNN_MODES), "How the LSTM run
                   "reference), block (fused BlockLSTM kernel), fast (BlockLSTM with a faster gradient of our own, "
                   "the fastest measured).")
 flags.DEFINE_enum("precision", "fp32", ["auto", *configs.PRECISIONS], "Matmul precision; variables, loss and "
-                  "gradient clipping stay fp32. bf16: the softmax in bfloat16 (BlockLSTM has no bf16 kernel); fp16: "
+                  "gradient clipping stay fp32. bf16: the softmax's and the fast LSTM gradient's matmuls take bfloat16 "
+                  "inputs (BlockLSTM's forward has no bf16 kernel); fp16: "
                   "the softmax and the LSTM in float16; auto: bf16 where the CPU has bf16 instructions (avx512_bf16, "
                   "AMX), else fp32. A resumed run keeps its own.")
 flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precision=fp16.")

@@ -1,31 +1,44 @@
 """Training logs of ptb_word_lm.py side by side, epoch by epoch: each log's train and valid perplexity, then the
-test perplexity (in the valid columns), with each later log's difference from the first in percent. A markdown
-table, as docs/reproducing.md shows them. Each log can be given a label: LABEL=PATH.
+test perplexity (in the valid columns), and each later log's valid and test perplexity against the first's, in
+percent. A markdown table, as docs/reproducing.md shows them. A log is given as PATH, or as LABEL=PATH to head
+its columns with LABEL instead of its file name.
 Usage, from the project root: python results/side_by_side.py fp32=results/medium.log bf16=results/medium-fast-bf16.log"""
 import os
 import re
 import sys
 
-LINE = re.compile(r"^(?:Epoch: (\d+) (Train|Valid) Perplexity|(Test) Perplexity): ([\d.]+)$")
+LINE = re.compile(r"^(?:Epoch: (\d+) (Train|Valid) Perplexity|(Test) Perplexity): ([\d.]+|inf|nan)$")
 
 
 def read_log(path):
-    """{(epoch, "Train" | "Valid") or (None, "Test"): perplexity}; a line written again (a rerun) replaces the one
-    before."""
+    """{(epoch, "Train" | "Valid") or (None, "Test"): perplexity} of the run the log ends with: a run started
+    again from an earlier epoch (a new save_path, or a rerun after its folder was removed) replaces what the log
+    holds from that epoch on."""
     numbers = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             match = LINE.match(line.strip())
-            if match:
-                epoch, split, test, value = match.groups()
-                numbers[(int(epoch) if epoch else None, split or test)] = float(value)
+            if not match:
+                continue
+            epoch, split, test, value = match.groups()
+            if split == "Train":
+                numbers = {key: v for key, v in numbers.items() if key[0] is not None and key[0] < int(epoch)}
+            numbers[(int(epoch) if epoch else None, split or test)] = float(value)
     return numbers
 
 
-def table(labelled_paths):
-    """The table of logs given as PATH or LABEL=PATH."""
-    names = [p.partition("=")[0] if "=" in p else os.path.basename(p) for p in labelled_paths]
-    logs = [read_log(p.partition("=")[2] if "=" in p else p) for p in labelled_paths]
+def labelled(arg):
+    """(label, path) of a PATH or LABEL=PATH argument."""
+    if os.path.isfile(arg) or "=" not in arg:
+        return os.path.basename(arg), arg
+    label, _, path = arg.partition("=")
+    return label, path
+
+
+def table(args):
+    """The markdown table of the logs given as PATH or LABEL=PATH."""
+    names, paths = zip(*map(labelled, args))
+    logs = [read_log(p) for p in paths]
     epochs = sorted({epoch for log in logs for epoch, _ in log if epoch is not None})
     header = ["epoch"] + [f"{split} {name}" for split in ("train", "valid") for name in names]
     header += [f"valid {name} vs {names[0]}" for name in names[1:]]
@@ -46,4 +59,6 @@ def change(value, reference):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__.splitlines()[-1])
     print(table(sys.argv[1:]))
