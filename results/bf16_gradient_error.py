@@ -59,7 +59,7 @@ def main(save_path, data_path, windows):
         fetches = {"reference": dense(reference.clipped_grads),
                    **{name: dense(m.clipped_grads) for name, m in variants.items()}}
         relative = {name: [] for name in variants}  # per window: ||g - g_fp32|| / ||g_fp32||, per variable and all
-        summed = {name: 0 for name in variants}     # the sum over windows of g - g_fp32, per variable
+        summed = {}                                  # the sum over windows of g - g_fp32, per variable
         squares = {name: 0 for name in variants}    # the sum over windows of ||g - g_fp32||^2, per variable and all
         batches = itertools.islice(reader.ptb_iterator(data.train, config.batch_size, config.num_steps), windows)
         for i, (_, vals) in enumerate(carry_state(session, batches, lambda _: (reference, fetches))):
@@ -68,7 +68,7 @@ def main(save_path, data_path, windows):
                 errors = [g - r for g, r in zip(vals[name], vals["reference"])]
                 error_norms = with_all(errors)
                 relative[name].append(error_norms / with_all(vals["reference"]))
-                summed[name] = [s + e for s, e in zip(summed[name], errors)] if i else errors
+                summed[name] = errors if i == 0 else [s + e for s, e in zip(summed[name], errors)]
                 squares[name] = squares[name] + error_norms ** 2
     print(f"# {save_path} ({record.get('model')}, trained in {record.get('precision', 'an unrecorded precision')}, "
           f"global step {step}): the first {windows} windows of ptb.train.txt, with the dropout masks of steps "

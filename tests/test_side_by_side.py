@@ -79,9 +79,9 @@ def docs_tables():
 @pytest.mark.parametrize("page, command, table", [pytest.param(*found, id=f"{found[0]}, table {i + 1}")
                                                   for i, found in enumerate(docs_tables())])
 def test_the_docs_tables_are_the_logs(page, command, table):
-    # Each LABEL=PATH (or PATH, labelled by its file name) with its path from the project root.
-    args = [re.sub(r"^([^=]*=)?(.*)$", lambda m: (m.group(1) or "") + os.path.join(ROOT, m.group(2)), a)
-            for a in shlex.split(command)[2:]]
+    # Each log as LABEL=PATH with its path from the project root, labelled as the command labels it.
+    args = [f"{label}={os.path.join(ROOT, path)}"
+            for label, path in map(side_by_side.labelled, shlex.split(command)[2:])]
     printed = side_by_side.table(args)
     assert table.strip() == printed, f"{page}: the table after `{command}` is not what it prints; make it again"
 
