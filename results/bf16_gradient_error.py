@@ -108,4 +108,9 @@ def with_all(arrays):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 20)
+    if len(sys.argv) not in (3, 4) or (len(sys.argv) == 4 and not (sys.argv[3].isdigit() and int(sys.argv[3]) >= 2)):
+        sys.exit(__doc__.splitlines()[-1] + "   (windows: 2 or more)")
+    try:
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else 20)
+    except (ValueError, AssertionError) as e:  # a folder that is not a run's (CheckpointError), a corpus not its own
+        sys.exit(f"error: {e}")

@@ -61,4 +61,7 @@ def change(value, reference):
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__.splitlines()[-1])
-    print(table(sys.argv[1:]))
+    try:
+        print(table(sys.argv[1:]))
+    except OSError as e:
+        sys.exit(f"error: cannot read {e.filename} ({e.strerror}): give the logs as PATH or LABEL=PATH")
