@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import in_process
-from conftest import ROOT, write_corpus
+from conftest import ROOT, command_line, write_corpus
 from test_cli import assert_one_line_error, run as run_trainer, run_process
 from test_training import perplexities, start_and_stop
 
@@ -156,8 +156,8 @@ def test_a_checkpoint_of_two_replicas_resumes_in_one_process(ptb_quick, tmp_path
 
 def trainer(ptb_quick, save_path):
     """The command every worker of a run is given."""
-    return [sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_quick}", *FLAGS,
-            f"--save_path={save_path}", "--checkpoint_minutes=0.002", "--worker_timeout=60"]
+    return command_line("ptb_word_lm.py", f"--data_path={ptb_quick}", *FLAGS, f"--save_path={save_path}",
+                   "--checkpoint_minutes=0.002", "--worker_timeout=60")
 
 
 def signal_when(process, pattern, signum):

@@ -56,12 +56,12 @@ def claim(save_path, config, vocab, train_words, model, precision="fp32"):
     return prefix
 
 
-def precision(prefix, save_path, requested, given):
+def precision(prefix, save_path, requested):
     """The run's matmul precision: a resumed run's own, as its run.json records it (written before the record:
-    fp32 for auto, the versions before's default); else `requested`, auto resolved for this CPU. `given`: whether
-    the command line names a precision; a resumed run refuses another than its own."""
+    fp32 for auto, the versions before's default); else `requested`, auto resolved for this CPU. A resumed run
+    refuses another precision than its own; auto (the flag's default) takes its own."""
     recorded = prefix and (read_marker(save_path) or {}).get("precision")
-    if recorded and given and requested not in ("auto", recorded):
+    if recorded and requested not in ("auto", recorded):
         raise CheckpointError(f"{save_path} holds a run trained in {recorded}: resume it with --precision={recorded} "
                               "(or without the flag), or give another --save_path")
     if recorded:
