@@ -154,10 +154,10 @@ def test_a_checkpoint_of_two_replicas_resumes_in_one_process(ptb_quick, tmp_path
     assert perplexities(four.stdout) == pytest.approx(uninterrupted, rel=1e-5)
 
 
-def trainer(ptb_quick, save_path):
-    """The command every worker of a run is given."""
+def trainer(ptb_quick, save_path, *extra):
+    """The command every worker of a run is given (with `extra` arguments)."""
     return command_line("ptb_word_lm.py", f"--data_path={ptb_quick}", *FLAGS, f"--save_path={save_path}",
-                   "--checkpoint_minutes=0.002", "--worker_timeout=60")
+                        "--checkpoint_minutes=0.002", "--worker_timeout=60", *extra)
 
 
 def signal_when(process, pattern, signum):
@@ -204,6 +204,22 @@ def test_ctrl_c_on_a_worker_stops_both_after_one_step_the_chief_saving_and_both_
         assert process.returncode == 0, stderr
         assert re.search(rf"Resuming from .*: epoch 1, step {stopped.group(1)}\n", stdout)
         assert perplexities(stdout) == pytest.approx(uninterrupted, rel=1e-5)
+
+
+def test_workers_that_would_train_in_two_precisions_stop_at_start_with_the_same_line(ptb_quick, tmp_path):
+    """The chief in fp32, worker 1 in bf16, as auto would choose on two kinds of CPU: both stop before the first step,
+    with one line that names the precision to give, and the chief's new folder goes."""
+    save_path = tmp_path / "run"
+    with workers([trainer(ptb_quick, save_path, "--precision=fp32"),
+                  trainer(ptb_quick, save_path, "--precision=bf16")]) as processes:
+        outputs = [process.communicate(timeout=300) for process in processes]
+    message = ("error: the workers would train in different precisions, fp32 on worker 0 (the chief), bf16 on 1 of "
+               "the others (auto chooses by each machine's CPU; a resumed run keeps the precision its folder "
+               "records): give every worker --precision=fp32\n")
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert (process.returncode, stderr) == (2, message)
+        assert "Epoch: 1" not in stdout
+    assert not save_path.exists()
 
 
 def test_ctrl_c_while_waiting_for_the_other_workers_ends_at_once(ptb_quick, tmp_path):

@@ -311,7 +311,8 @@ def test_a_resumed_run_keeps_its_precision(corpus, tmp_path):
         resumed = run_trainer(f"--data_path={corpus}", *FLAGS, f"--max_max_epoch={2 + len(flags)}", *flags,
                               f"--save_path={save_path}", as_given=True)
         assert resumed.returncode == 0, resumed.stderr
-        assert re.search(r"^Model: test, rnn_mode: fast, precision: bf16[ ,]", resumed.stdout, re.M), resumed.stdout
+        assert re.search(r"^Model: test, rnn_mode: fast, precision: bf16 \(the run's own\), ", resumed.stdout, re.M), \
+            resumed.stdout
         assert "Resuming from" in resumed.stdout
     other = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=4", "--precision=fp32",
                         f"--save_path={save_path}")

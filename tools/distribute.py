@@ -18,7 +18,8 @@ over the replicas), so model.run_epoch and the Trainer drive it unchanged, and i
 row's state under the one-process variable names, resume with any replica count.
 
 With several workers, worker 0 (the chief) alone reads and writes the checkpoint folder; every worker takes the
-chief's variables at start (copy_from_the_chief); a signal on any worker stops them all after the same step (the
+chief's variables at start (copy_from_the_chief), once all are seen to train in the chief's precision
+(check_one_precision); a signal on any worker stops them all after the same step (the
 chief saving); a worker that dies or hangs stops the others within --worker_timeout (Replicas).
 
 The default, one replica and no TF_CONFIG, builds none of this: ptb_word_lm.Trainer builds the one-process
@@ -29,6 +30,7 @@ import contextlib
 import json
 import threading
 
+import configs
 from model import STATE_PARTS, PTBModel
 from tools import cli, tf1
 from tools.tf1 import session_config, tf
@@ -246,7 +248,7 @@ class ReplicatedModel:
 
     def __init__(self, replicas, config, rnn_mode, precision):
         strategy = replicas.strategy
-        self.batch_size, self.num_steps = config.batch_size, config.num_steps
+        self.batch_size, self.num_steps, self.precision = config.batch_size, config.num_steps, precision
         self.input_data = tf.placeholder(tf.int32, [self.batch_size, self.num_steps], name="input_data")
         self.targets = tf.placeholder(tf.int32, [self.batch_size, self.num_steps], name="targets")
         state_shape = [config.num_layers, STATE_PARTS[config.cell], self.batch_size, config.hidden_size]
@@ -308,6 +310,27 @@ def copy_from_the_chief(session, replicas, variables):
         values = [v.read_value() if replicas.chief else tf.zeros(v.shape, v.dtype.base_dtype) for v in variables]
         summed = [replicas.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in values]
         replicas.run_at_start(session, tf.group(*[v.assign(value) for v, value in zip(variables, summed)]))
+
+
+def check_one_precision(session, replicas, precision):
+    """With several workers, stops every one with the same line unless all train in the chief's precision. The same
+    command can choose two: auto by each machine's CPU, and a resumed run the precision its folder records, which
+    the chief alone reads.
+
+    An all-reduce sum of two one-hot rows over the precisions: the chief's choice (the others give zeros), and
+    every worker's."""
+    names = list(configs.PRECISIONS)
+    mine = tf.one_hot(names.index(precision), len(names))
+    with replicas.strategy.scope():
+        given = tf.stack([mine if replicas.chief else tf.zeros_like(mine), mine])
+        chief_row, counts = replicas.run_at_start(session, replicas.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                                                                    given, axis=None))
+    chief = names[int(chief_row.argmax())]
+    others = [f"{name} on {int(n)}" for name, n in zip(names, counts) if n and name != chief]
+    if others:
+        raise ValueError(f"the workers would train in different precisions, {chief} on worker 0 (the chief), "
+                         f"{', '.join(others)} of the others (auto chooses by each machine's CPU; a resumed run "
+                         f"keeps the precision its folder records): give every worker --precision={chief}")
 
 
 LOST = 4  # exit code: another worker of the cluster stopped or was lost

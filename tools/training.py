@@ -147,6 +147,7 @@ class TrainingRun:
             self.load_pretrained()
         if several:
             with self.graph.as_default():
+                distribute.check_one_precision(self.session, self.replicas, self.m.precision)
                 distribute.copy_from_the_chief(self.session, self.replicas, tf.global_variables())
         if not prefix and not several:
             return 0, None
