@@ -40,7 +40,7 @@ flags.DEFINE_enum("rnn_mode", "fast", list(configs.RNN_MODES), "How the LSTM run
                   "reference), block (fused BlockLSTM kernel), fast (BlockLSTM with a faster gradient of our own, "
                   "the fastest measured).")
 flags.DEFINE_enum("precision", "auto", ["auto", *configs.PRECISIONS], "Matmul precision; variables, loss and "
-                  "gradient clipping stay fp32. auto: bf16 where the CPU has bf16 instructions (avx512_bf16, AMX), "
+                  "gradient clipping stay fp32. auto: bf16 where the CPU has bf16 instructions (avx512_bf16, amx_bf16), "
                   "else fp32; fp32: the paper's arithmetic exactly; bf16: the softmax's and the fast LSTM gradient's "
                   "matmuls take bfloat16 inputs (BlockLSTM's forward has no bf16 kernel), about 0.4% higher test "
                   "perplexity than fp32 (README); fp16: the softmax and the LSTM in float16. A resumed run keeps its "

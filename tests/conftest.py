@@ -57,7 +57,7 @@ def fp32_unless_named(program, args):
     Its default, auto, trains in bf16 on a CPU with bf16 instructions and in fp32 elsewhere: the tests' trainings are
     fp32 on every CPU, so that no test's numbers depend on the machine it runs on. (The tests of auto itself, and of a
     resume without the flag, start the program with their arguments as given.)"""
-    named = any(arg.split("=")[0] in ("--precision", "--use_fp16") for arg in args)
+    named = any(arg.split("=")[0] == "--precision" or arg in ("--use_fp16", "--use_fp16=true") for arg in args)
     return list(args) if named or program != "ptb_word_lm.py" else ["--precision=fp32", *args]
 
 

@@ -214,8 +214,8 @@ def test_workers_that_would_train_in_two_precisions_stop_at_start_with_the_same_
                   trainer(ptb_quick, save_path, "--precision=bf16")]) as processes:
         outputs = [process.communicate(timeout=300) for process in processes]
     message = ("error: the workers would train in different precisions, fp32 on worker 0 (the chief), bf16 on 1 of "
-               "the others (auto chooses by each machine's CPU; a resumed run keeps the precision its folder "
-               "records): give every worker --precision=fp32\n")
+               "the others (another --precision, auto on another kind of CPU, or a resumed run's recorded one): give "
+               "every worker --precision=fp32\n")
     for process, (stdout, stderr) in zip(processes, outputs):
         assert (process.returncode, stderr) == (2, message)
         assert "Epoch: 1" not in stdout

@@ -235,8 +235,11 @@ def test_a_folder_written_before_run_json_is_adopted_and_continues_exactly(corpu
                              f"--save_path={tmp_path}/run"], capture_output=True, text=True, cwd=old, timeout=300)
     assert before.returncode == 0, before.stderr
     assert not (tmp_path / "run" / "run.json").exists()
-    resumed = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=2", f"--save_path={tmp_path}/run")
+    # Without --precision, auto: the run's own, fp32, the default of the versions that recorded none, on any CPU.
+    resumed = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=2", f"--save_path={tmp_path}/run",
+                          as_given=True)
     assert resumed.returncode == 0, resumed.stderr
+    assert "precision: fp32 (the run's own), " in resumed.stdout
     assert f"Resuming from {tmp_path}/run/model.ckpt-41: epoch 2, step 0" in resumed.stdout
     assert perplexities(resumed.stdout) == perplexities(alone[0])[-3:]
     assert json.loads((tmp_path / "run" / "run.json").read_text()) == {"written_by": "ptb_word_lm.py",

@@ -329,8 +329,8 @@ def check_one_precision(session, replicas, precision):
     others = [f"{name} on {int(n)}" for name, n in zip(names, counts) if n and name != chief]
     if others:
         raise ValueError(f"the workers would train in different precisions, {chief} on worker 0 (the chief), "
-                         f"{', '.join(others)} of the others (auto chooses by each machine's CPU; a resumed run "
-                         f"keeps the precision its folder records): give every worker --precision={chief}")
+                         f"{', '.join(others)} of the others (another --precision, auto on another kind of CPU, or "
+                         f"a resumed run's recorded one): give every worker --precision={chief}")
 
 
 LOST = 4  # exit code: another worker of the cluster stopped or was lost
