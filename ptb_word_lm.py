@@ -11,10 +11,10 @@
 | medium | 39     | 48.45     | 86.16     |  82.07  (82.7)   |  83.97 (45.64 / 87.42)        |
 | large  | 55     | 37.87     | 82.62     |  78.29  (78.4)   |  78.65 (38.01 / 82.57)        |
 
-(the TensorFlow tutorial's numbers, and this code's in the default mode, --seed=1, --precision=fp32, on 2
-cores of an AVX-512 AMD EPYC: docs/reproducing.md has the commands, logs and times; large with --seed=2, as
-seed 1 stops learning in its first minutes. The default precision, auto, trains in bf16 on a CPU with bf16
-instructions: 1.5-1.6x faster, test perplexity about 0.4% higher.)
+(the TensorFlow tutorial's numbers, and this code's in the default mode, --seed=1, on 2 cores of an
+AVX-512 AMD EPYC: docs/reproducing.md has the commands, logs and times; large with --seed=2,
+as seed 1 stops learning in its first minutes. --precision=bf16 trains 1.5x faster on a CPU with bf16
+instructions, at a test perplexity 0.4-1% higher.)
 
 With --save_path the run can be stopped (Ctrl-C, SIGTERM) and resumed by rerunning the same
 command: a checkpoint is written at every epoch end and every --checkpoint_minutes, and it
@@ -39,12 +39,12 @@ flags.DEFINE_string("save_path", None, "Folder for checkpoints, config, vocabula
 flags.DEFINE_enum("rnn_mode", "fast", list(configs.RNN_MODES), "How the LSTM runs: basic (BasicLSTMCell, the "
                   "reference), block (fused BlockLSTM kernel), fast (BlockLSTM with a faster gradient of our own, "
                   "the fastest measured).")
-flags.DEFINE_enum("precision", "auto", ["auto", *configs.PRECISIONS], "Matmul precision; variables, loss and "
-                  "gradient clipping stay fp32. auto: bf16 where the CPU has bf16 instructions (avx512_bf16, amx_bf16), "
-                  "else fp32; fp32: the paper's arithmetic exactly; bf16: the softmax's and the fast LSTM gradient's "
-                  "matmuls take bfloat16 inputs (BlockLSTM's forward has no bf16 kernel), about 0.4% higher test "
-                  "perplexity than fp32 (README); fp16: the softmax and the LSTM in float16. A resumed run keeps its "
-                  "own.")
+flags.DEFINE_enum("precision", "fp32", ["auto", *configs.PRECISIONS], "Matmul precision; variables, loss and "
+                  "gradient clipping stay fp32. fp32: the paper's arithmetic; bf16: the softmax's and the fast LSTM "
+                  "gradient's matmuls take bfloat16 inputs (BlockLSTM's forward has no bf16 kernel), 1.5x faster on "
+                  "a CPU with bf16 instructions, test perplexity 0.4-1% higher than fp32's (README); fp16: the "
+                  "softmax and the LSTM in float16; auto: bf16 where the CPU has bf16 instructions (avx512_bf16, "
+                  "amx_bf16), else fp32. A resumed run keeps its own.")
 flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precision=fp16.")
 # Flags that override a field of the config when given.
 flags.DEFINE_integer("max_max_epoch", None, "Train this many epochs instead of the config's.")
@@ -156,7 +156,8 @@ def main(argv):
 
         resume_from = save_path and runfolder.check(save_path, config, data.vocab, len(data.train))
         seed = runfolder.seed(resume_from, FLAGS.seed, draw_seed)
-        precision = runfolder.precision(resume_from, save_path, requested)
+        given = FLAGS["precision"].present or FLAGS.use_fp16
+        precision, chosen_by = runfolder.precision(resume_from, save_path, requested, given)
         pretrained, embedding_size = None, config.embedding_size or config.hidden_size
         if FLAGS.embedding_file and chief and resume_from:  # the checkpoint's embedding wins; the file is checked
             embeddings.load_glove(FLAGS.embedding_file, data.vocab, embedding_size)
@@ -170,7 +171,7 @@ def main(argv):
                 return
         worker = f"worker {cluster.index} of {len(cluster.workers)}, " if cluster else ""
         seed_used = seed if chief else "the chief's"
-        chosen = "" if requested != "auto" else " (the run's own)" if resume_from else " (auto)"
+        chosen = f" ({chosen_by})" if chosen_by else ""
         print(f"Model: {FLAGS.model}, rnn_mode: {rnn_mode}, precision: {precision}{chosen}, {worker}seed: {seed_used}, "
               f"vocabulary: {config.vocab_size} words, train/valid/test: {len(data.train)}/{len(data.valid)}/"
               f"{len(data.test)} words", flush=True)

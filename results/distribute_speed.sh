@@ -10,7 +10,7 @@ OUT=results/distribute-speed-$(grep -q avx512f /proc/cpuinfo && echo avx512 || e
 {
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC') | commit $(git rev-parse --short HEAD) | CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(grep -q avx512f /proc/cpuinfo && echo 'AVX-512' || echo 'AVX2 only')"
 for model in small medium; do
-  ARGS="--data_path=$DATA --model=$model --seed=1 --max_max_epoch=1 --train_words=$WORDS --precision=fp32"
+  ARGS="--data_path=$DATA --model=$model --seed=1 --max_max_epoch=1 --train_words=$WORDS"
   echo "## $model: python ptb_word_lm.py $ARGS --num_threads=2"
   timeout 1800 python ptb_word_lm.py $ARGS --num_threads=2 2>&1 | grep -E '^0\.[0-9]+ perplexity' | head -9 || true
   PORTS=$(python -c 'import socket

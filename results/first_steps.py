@@ -3,7 +3,7 @@
     python results/first_steps.py --model=large --seeds=1-10 --steps=250      # from the project root
 
 Builds the training graph as ptb_word_lm.py builds it (the same seed, so the same initial weights and dropout
-masks; the default rnn_mode and fp32 unless given) and trains on the start of ptb.train.txt (PTB_DATA,
+masks, and the default rnn_mode and precision unless given) and trains on the start of ptb.train.txt (PTB_DATA,
 default ../shared/data/ptb). Prints, for each seed, every --every steps: the window's loss per word, the mean
 loss per word since the first step (the running train loss, whose exp is the perplexity the progress lines
 print), the largest |value| of the carried state per layer (the cell state c for the LSTM, h otherwise) after

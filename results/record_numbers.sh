@@ -4,10 +4,9 @@
 #     bash results/record_numbers.sh OUT.txt          # from the project root; PTB_DATA: the corpus folder
 #
 # Runs, on the real corpus: one short epoch of small (100,000 training words, --seed=1) in each rnn_mode (fast, the
-# default, basic and block) in fp32, and in bf16 (each precision named: the default, auto, differs between CPUs);
-# lm.py eval, predict, score and generate on the fast run's checkpoint; lm.py eval with the cache, dynamic
-# evaluation (SGD and RMS) and both; and the test config on two replicas. OUT.txt gets every line they print but
-# those that depend on time (speed, ETA, wall time) and the scratch folder's name.
+# default, basic and block) and in bf16; lm.py eval, predict, score and generate on the fast run's checkpoint; lm.py
+# eval with the cache, dynamic evaluation (SGD and RMS) and both; and the test config on two replicas. OUT.txt gets
+# every line they print but those that depend on time (speed, ETA, wall time) and the scratch folder's name.
 # Digit for digit the same on one CPU, run after run; the last digits differ between instruction sets, so compare
 # two records made on the same CPU (its flags head the file).
 set -euo pipefail
@@ -30,9 +29,9 @@ head -n 20 "$data/ptb.valid.txt" > "$scratch/sentences.txt"   # for lm.py score
 {
   has() { grep -q -m1 "$1" /proc/cpuinfo && echo yes || echo no; }
   echo "# CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); AVX-512: $(has avx512f); avx512_bf16: $(has avx512_bf16)"
-  run "small, default mode" python ptb_word_lm.py "${small[@]}" --precision=fp32 --save_path="$scratch/fast"
-  run "small, basic" python ptb_word_lm.py "${small[@]}" --rnn_mode=basic --precision=fp32 --save_path="$scratch/basic"
-  run "small, block" python ptb_word_lm.py "${small[@]}" --rnn_mode=block --precision=fp32 --save_path="$scratch/block"
+  run "small, default mode" python ptb_word_lm.py "${small[@]}" --save_path="$scratch/fast"
+  run "small, basic" python ptb_word_lm.py "${small[@]}" --rnn_mode=basic --save_path="$scratch/basic"
+  run "small, block" python ptb_word_lm.py "${small[@]}" --rnn_mode=block --save_path="$scratch/block"
   run "small, bf16" python ptb_word_lm.py "${small[@]}" --precision=bf16 --save_path="$scratch/bf16"
   run "lm.py eval" python lm.py eval --save_path="$scratch/fast" --input="$data/ptb.test.txt"
   run "lm.py predict" python lm.py predict --save_path="$scratch/fast" --context="the stock market" --top_k=5
@@ -47,6 +46,6 @@ head -n 20 "$data/ptb.valid.txt" > "$scratch/sentences.txt"   # for lm.py score
     --input="$scratch/valid.txt" --dynamic_lr=5e-4 --dynamic_window=10 --dynamic_decay=0.01 \
     --dynamic_rms="$scratch/train.txt" --cache_size=500 --cache_theta=0.3 --cache_lambda=0.1
   run "test config, 2 replicas" python ptb_word_lm.py --data_path="$data" --model=test --seed=1 \
-    --train_words=100000 --replicas=2 --precision=fp32 --save_path="$scratch/replicas"
+    --train_words=100000 --replicas=2 --save_path="$scratch/replicas"
 } > "$out"
 echo "wrote $out"

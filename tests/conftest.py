@@ -52,20 +52,6 @@ def ptb_quick(ptb_path, tmp_path_factory):
     return str(folder)
 
 
-def fp32_unless_named(program, args):
-    """`program`'s command-line `args`; ptb_word_lm.py's with --precision=fp32 in front unless they name a precision.
-    Its default, auto, trains in bf16 on a CPU with bf16 instructions and in fp32 elsewhere: the tests' trainings are
-    fp32 on every CPU, so that no test's numbers depend on the machine it runs on. (The tests of auto itself, and of a
-    resume without the flag, start the program with their arguments as given.)"""
-    named = any(arg.split("=")[0] == "--precision" or arg in ("--use_fp16", "--use_fp16=true") for arg in args)
-    return list(args) if named or program != "ptb_word_lm.py" else ["--precision=fp32", *args]
-
-
-def command_line(program, *args):
-    """`python PROGRAM ARGS`, as subprocess takes it, ARGS as fp32_unless_named gives them."""
-    return [sys.executable, os.path.join(ROOT, program), *fp32_unless_named(program, args)]
-
-
 def write_corpus(folder, train, valid=None, test=None):
     """Writes ptb.{train,valid,test}.txt into `folder`; valid and test default to train."""
     os.makedirs(folder, exist_ok=True)

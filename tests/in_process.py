@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 
-from conftest import ROOT, fp32_unless_named
+from conftest import ROOT
 
 # The server: reads one JSON request per line ({"program", "args", "stdin", "numpy_seed", "env"}), answers one line
 # "@@RESULT {code, stdout, stderr}".
@@ -117,13 +117,10 @@ class Server:
 _server = []  # the Server of this process of the tests (each pytest-xdist worker has its own), once started
 
 
-def run(program, *args, stdin="", numpy_seed=None, env=None, as_given=False):
+def run(program, *args, stdin="", numpy_seed=None, env=None):
     """`python PROGRAM ARGS` (with `stdin`), run by the Server, started at the first call: a Result.
     `numpy_seed`: numpy's global generator seeded so first, for the seeds a program draws from it; `env`: environment
-    variables set for this command line only. ptb_word_lm.py trains in fp32 unless the arguments name a precision, or
-    `as_given` (conftest.fp32_unless_named)."""
-    if not as_given:
-        args = fp32_unless_named(program, args)
+    variables set for this command line only."""
     if not _server:
         _server.append(Server())
     try:

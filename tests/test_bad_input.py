@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import in_process
-from conftest import ROOT, command_line, write_corpus
+from conftest import ROOT, write_corpus
 
 SENTENCES = "".join(f" the {a} sat on the {b}\n" for a in ("cat", "dog", "rat") for b in ("mat", "rug")) * 40
 
@@ -35,8 +35,8 @@ def poison(folder, name="Model/softmax_b"):
 
 
 def run(program, args, stdin=None):
-    return subprocess.run(command_line(program, *args), input=stdin, capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+    return subprocess.run([sys.executable, os.path.join(ROOT, program), *args], input=stdin, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
 
 
 def snapshot(root):

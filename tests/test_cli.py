@@ -10,22 +10,21 @@ import sys
 import pytest
 
 import in_process
-from conftest import ROOT, command_line, write_corpus
+from conftest import ROOT, write_corpus
 from tools import cli
 
 
-def run(*args, as_given=False):
+def run(*args):
     """`python ptb_word_lm.py ARGS`, in the process that runs one command line after another (tests/in_process.py):
-    TensorFlow's import, seconds, is paid once. An object with returncode, stdout and stderr. In fp32 unless ARGS name
-    a precision, or `as_given`."""
-    return in_process.run("ptb_word_lm.py", *args, as_given=as_given)
+    TensorFlow's import, seconds, is paid once. An object with returncode, stdout and stderr."""
+    return in_process.run("ptb_word_lm.py", *args)
 
 
 def run_process(*args, env=None):
     """The same in a process of its own (with the environment variables `env` added): for several replicas, whose
     logical devices are set up before TensorFlow's runtime starts, and for what TensorFlow's C++ prints on stderr."""
-    return subprocess.run(command_line("ptb_word_lm.py", *args), capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env=dict(os.environ, **(env or {})))
 
 
 def assert_one_line_error(result, message):

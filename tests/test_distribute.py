@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import in_process
-from conftest import ROOT, command_line, write_corpus
+from conftest import ROOT, write_corpus
 from test_cli import assert_one_line_error, run as run_trainer, run_process
 from test_training import perplexities, start_and_stop
 
@@ -156,8 +156,8 @@ def test_a_checkpoint_of_two_replicas_resumes_in_one_process(ptb_quick, tmp_path
 
 def trainer(ptb_quick, save_path, *extra):
     """The command every worker of a run is given (with `extra` arguments)."""
-    return command_line("ptb_word_lm.py", f"--data_path={ptb_quick}", *FLAGS, f"--save_path={save_path}",
-                        "--checkpoint_minutes=0.002", "--worker_timeout=60", *extra)
+    return [sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_quick}", *FLAGS,
+            f"--save_path={save_path}", "--checkpoint_minutes=0.002", "--worker_timeout=60", *extra]
 
 
 def signal_when(process, pattern, signum):
@@ -207,8 +207,8 @@ def test_ctrl_c_on_a_worker_stops_both_after_one_step_the_chief_saving_and_both_
 
 
 def test_workers_that_would_train_in_two_precisions_stop_at_start_with_the_same_line(ptb_quick, tmp_path):
-    """The chief in fp32, worker 1 in bf16, as auto would choose on two kinds of CPU: both stop before the first step,
-    with one line that names the precision to give, and the chief's new folder goes."""
+    """The chief in fp32, worker 1 in bf16, as --precision=auto would choose on two kinds of CPU: both stop before the
+    first step, with one line that names the precision to give, and the chief's new folder goes."""
     save_path = tmp_path / "run"
     with workers([trainer(ptb_quick, save_path, "--precision=fp32"),
                   trainer(ptb_quick, save_path, "--precision=bf16")]) as processes:

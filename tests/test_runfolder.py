@@ -16,7 +16,7 @@ import pytest
 import configs
 import in_process
 from tools import checkpoint, kernels, runfolder
-from conftest import ROOT, command_line, write_corpus
+from conftest import ROOT, write_corpus
 from test_cli import run as run_trainer, run_process
 
 SENTENCES = "".join(f" the {a} sat on the {b}\n" for a in ("cat", "dog", "rat") for b in ("mat", "rug")) * 40
@@ -41,7 +41,8 @@ def alone(corpus, tmp_path_factory):
 
 
 def start(*args, **kwargs):
-    return subprocess.Popen(command_line("ptb_word_lm.py", *args), text=True, cwd=ROOT, **kwargs)
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), *args], text=True, cwd=ROOT,
+                            **kwargs)
 
 
 def snapshot(folder):
@@ -235,9 +236,7 @@ def test_a_folder_written_before_run_json_is_adopted_and_continues_exactly(corpu
                              f"--save_path={tmp_path}/run"], capture_output=True, text=True, cwd=old, timeout=300)
     assert before.returncode == 0, before.stderr
     assert not (tmp_path / "run" / "run.json").exists()
-    # Without --precision, auto: the run's own, fp32, the default of the versions that recorded none, on any CPU.
-    resumed = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=2", f"--save_path={tmp_path}/run",
-                          as_given=True)
+    resumed = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=2", f"--save_path={tmp_path}/run")
     assert resumed.returncode == 0, resumed.stderr
     assert "precision: fp32 (the run's own), " in resumed.stdout
     assert f"Resuming from {tmp_path}/run/model.ckpt-41: epoch 2, step 0" in resumed.stdout
@@ -302,9 +301,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(tmp_pat
 
 
 def test_a_resumed_run_keeps_its_precision(corpus, tmp_path):
-    """The precision is recorded in run.json; a resume takes it (auto, or no flag), and refuses another. The default is
-    auto: this CPU's choice, printed and recorded. (Run with the arguments as given: the tests' other trainings are
-    pinned to fp32.)"""
+    """The precision is recorded in run.json; a resume takes it (auto, or no flag), and refuses another. A fresh run
+    without the flag trains in fp32, the default; with auto, in this CPU's choice, printed and recorded."""
     save_path = tmp_path / "run"
     first = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=1", "--precision=bf16",
                         f"--save_path={save_path}")
@@ -312,7 +310,7 @@ def test_a_resumed_run_keeps_its_precision(corpus, tmp_path):
     assert json.loads((save_path / "run.json").read_text())["precision"] == "bf16"
     for flags in ([], ["--precision=auto"]):
         resumed = run_trainer(f"--data_path={corpus}", *FLAGS, f"--max_max_epoch={2 + len(flags)}", *flags,
-                              f"--save_path={save_path}", as_given=True)
+                              f"--save_path={save_path}")
         assert resumed.returncode == 0, resumed.stderr
         assert re.search(r"^Model: test, rnn_mode: fast, precision: bf16 \(the run's own\), ", resumed.stdout, re.M), \
             resumed.stdout
@@ -322,9 +320,12 @@ def test_a_resumed_run_keeps_its_precision(corpus, tmp_path):
     assert (other.returncode, other.stderr) == (2, f"error: {save_path} holds a run trained in bf16: resume it with "
                                                    "--precision=bf16 (or without the flag), or give another "
                                                    "--save_path\n")
-    # A fresh run without the flag: auto, this CPU's choice, as the program prints and records it.
-    fresh = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=1", f"--save_path={tmp_path}/auto",
-                        as_given=True)
+    default = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=1", f"--save_path={tmp_path}/default")
+    assert default.returncode == 0, default.stderr
+    assert re.search(r"^Model: test, rnn_mode: fast, precision: fp32, ", default.stdout, re.M), default.stdout
+    assert json.loads((tmp_path / "default" / "run.json").read_text())["precision"] == "fp32"
+    fresh = run_trainer(f"--data_path={corpus}", *FLAGS, "--max_max_epoch=1", "--precision=auto",
+                        f"--save_path={tmp_path}/auto")
     assert fresh.returncode == 0, fresh.stderr
     chosen = kernels.resolve_precision("auto")
     assert f"precision: {chosen} (auto)," in fresh.stdout

@@ -13,7 +13,7 @@ import pytest
 
 import configs
 import in_process
-from conftest import ROOT, command_line, fp32_unless_named
+from conftest import ROOT
 from test_cli import run as run_trainer, run_process
 from tools import checkpoint
 
@@ -52,9 +52,9 @@ def test_the_test_config_trains_end_to_end(uninterrupted):
 
 def start_and_stop(ptb_quick, save_path, signum, after_line, *extra, flags=FLAGS):
     """Starts a run, sends `signum` once it prints a line matching after_line, returns its exit code and stderr."""
-    args = [f"--data_path={ptb_quick}", *flags, f"--save_path={save_path}", *extra]
-    process = subprocess.Popen(command_line("ptb_word_lm.py", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=ROOT)
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "ptb_word_lm.py"), f"--data_path={ptb_quick}",
+                                *flags, f"--save_path={save_path}", *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seen = []
     for line in process.stdout:
         seen.append(line)
@@ -245,8 +245,8 @@ def test_ctrl_c_while_starting(ptb_quick, tmp_path, program):
     """Ctrl-C during TensorFlow's import: one line, exit 130, and no save folder left behind."""
     args = [f"--data_path={ptb_quick}", "--model=test", f"--save_path={tmp_path}/run"] if program == "ptb_word_lm.py" \
         else ["generate", f"--save_path={tmp_path}/run"]
-    process = subprocess.Popen(command_line(program, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=ROOT)
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, program), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         process.wait(timeout=1.0)  # Python is up and importing TensorFlow by now
     except subprocess.TimeoutExpired:
@@ -288,9 +288,8 @@ runpy.run_path("ptb_word_lm.py", run_name="__main__")
                   r"rerun the same command to run the test pass")])
 def test_ctrl_c_at_the_end_of_training_and_in_the_test_pass(ptb_quick, uninterrupted, tmp_path, where, message):
     """Between the last epoch and the test pass, or in it: exit 130, and the rerun gives the same test perplexity."""
-    args = fp32_unless_named("ptb_word_lm.py", [f"--data_path={ptb_quick}", *FLAGS, f"--save_path={tmp_path}"])
-    stopped = subprocess.run([sys.executable, "-c", SIGINT_AT, where, *args], capture_output=True, text=True, cwd=ROOT,
-                             timeout=300)
+    stopped = subprocess.run([sys.executable, "-c", SIGINT_AT, where, f"--data_path={ptb_quick}", *FLAGS,
+                              f"--save_path={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr
     assert re.fullmatch(message, one_line(stopped.stderr))
     assert "Test Perplexity" not in stopped.stdout

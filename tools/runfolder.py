@@ -56,17 +56,18 @@ def claim(save_path, config, vocab, train_words, model, precision="fp32"):
     return prefix
 
 
-def precision(prefix, save_path, requested):
-    """The run's matmul precision: a resumed run's own, as its run.json records it (written before the record:
-    fp32 for auto, the versions before's default); else `requested`, auto resolved for this CPU. A resumed run
-    refuses another precision than its own; auto (the flag's default) takes its own."""
+def precision(prefix, save_path, requested, given):
+    """(The run's matmul precision, how it was chosen: "the run's own", "auto", or "" as the flag says). A resumed
+    run's own is what its run.json records (written before the record: fp32, the versions before's default); else
+    `requested`, auto resolved for this CPU. `given`: whether the command line names a precision; a resumed run
+    refuses another than its own, and takes its own without the flag or with auto."""
     recorded = prefix and (read_marker(save_path) or {}).get("precision")
-    if recorded and requested not in ("auto", recorded):
+    if recorded and given and requested not in ("auto", recorded):
         raise CheckpointError(f"{save_path} holds a run trained in {recorded}: resume it with --precision={recorded} "
                               "(or without the flag), or give another --save_path")
-    if recorded:
-        return recorded
-    return "fp32" if prefix and requested == "auto" else kernels.resolve_precision(requested)
+    if prefix and (requested == "auto" or not given):
+        return recorded or "fp32", "the run's own"
+    return kernels.resolve_precision(requested), "auto" if requested == "auto" else ""
 
 
 def finished(prefix, save_path, max_max_epoch):
