@@ -14,7 +14,7 @@
 (the TensorFlow tutorial's numbers, and this code's in the default mode, --seed=1, on 2 cores of an
 AVX-512 AMD EPYC: docs/reproducing.md has the commands, logs and times; large with --seed=2,
 as seed 1 stops learning in its first minutes. --precision=bf16 trains 1.5x faster on a CPU with bf16
-instructions, at a test perplexity 0.4-1% higher.)
+instructions, at a test perplexity about 0.9% higher (three seeds of small).)
 
 With --save_path the run can be stopped (Ctrl-C, SIGTERM) and resumed by rerunning the same
 command: a checkpoint is written at every epoch end and every --checkpoint_minutes, and it
@@ -42,7 +42,7 @@ flags.DEFINE_enum("rnn_mode", "fast", list(configs.RNN_MODES), "How the LSTM run
 flags.DEFINE_enum("precision", "fp32", ["auto", *configs.PRECISIONS], "Matmul precision; variables, loss and "
                   "gradient clipping stay fp32. fp32: the paper's arithmetic; bf16: the softmax's and the fast LSTM "
                   "gradient's matmuls take bfloat16 inputs (BlockLSTM's forward has no bf16 kernel), 1.5x faster on "
-                  "a CPU with bf16 instructions, test perplexity 0.4-1% higher than fp32's (README); fp16: the "
+                  "a CPU with bf16 instructions, test perplexity 0.4-1.3% higher than fp32's (README); fp16: the "
                   "softmax and the LSTM in float16; auto: bf16 where the CPU has bf16 instructions (avx512_bf16, "
                   "amx_bf16), else fp32. A resumed run keeps its own.")
 flags.DEFINE_bool("use_fp16", False, "The tutorial's flag: the same as --precision=fp16.")
