@@ -10,13 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 
 import lm
 from model import PTBModel
-from tools import adapt, cache, checkpoint, tune
+from tools import adapt, cache, checkpoint, cli, tune
 from tools.dynamic_eval import DynamicEvaluation, read_text
 from tools import runfolder
 from conftest import ROOT
@@ -505,6 +506,38 @@ def test_ctrl_c_in_tune_ends_with_one_line_and_keeps_its_progress_whole(trained,
     assert after == before  # no adapt.json, no temporary file
     with open(os.path.join(folder, checkpoint.ADAPT_PROGRESS)) as f:
         assert len(json.load(f)["done"]["dynamic"]) >= 1  # whole: it parses
+
+
+def test_a_signal_inside_tensorflow_ends_a_dynamic_pass_without_waiting_for_its_lock(model, monkeypatch):
+    """A Ctrl-C that lands while TensorFlow builds an op leaves the graph's lock held (the op's code never gets to
+    release it), and a session.run after it waits for ever: a tune once hung so. The pass ends without one; another
+    error still puts the trained weights back."""
+    adapter = DynamicEvaluation(model)
+    trained_weights = weights(adapter)
+    ids = model.encode("<eos> the cat sat on the mat".split())
+
+    def interrupted_inside_tensorflow(*args, **kwargs):
+        adapter.session.graph._mutation_lock().__enter__()  # what TensorFlow holds while it builds an op
+        raise cli.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr("tools.dynamic_eval.read_text", interrupted_inside_tensorflow)
+    ended = []
+    thread = threading.Thread(target=lambda: ended.append(pytest.raises(cli.Interrupted, adapter.dynamic_pass, ids,
+                                                                        0.1, 0, 3)), daemon=True)
+    thread.start()
+    thread.join(120)  # far more than the pass takes; a session.run after the signal would never end
+    assert ended, "the pass waited for the lock the signal left held"
+    adapter.session.graph._mutation_lock().__exit__(None, None, None)
+
+    def moved_then_failed(session, *args, **kwargs):
+        session.run([v.assign(v + 1.0) for v in adapter.variables])
+        raise ValueError("a failure of another kind")
+
+    monkeypatch.setattr("tools.dynamic_eval.read_text", moved_then_failed)
+    with pytest.raises(ValueError):
+        adapter.dynamic_pass(ids, 0.1, 0, 3)
+    after = weights(adapter)
+    assert all(np.array_equal(after[name], value) for name, value in trained_weights.items())
 
 
 def test_a_stopped_tune_resumes_where_it_was_and_chooses_the_same(trained, model, tmp_path, monkeypatch):

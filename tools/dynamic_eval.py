@@ -14,12 +14,13 @@ word after the first predicted once.
 """
 import hashlib
 import math
+import sys
 
 import numpy as np
 
 from model import PTBModel, carry_state
 import reader
-from tools import adapt
+from tools import adapt, cli
 from tools.rms_statistics import RMSStatistics
 from tools.tf1 import tf
 
@@ -158,4 +159,8 @@ class DynamicEvaluation:
         try:
             return read_text(self.session, ids, window, model_and_op, hidden, feed, reference)
         finally:
-            self.session.run(self.back_to_trained)
+            # The trained weights back, but not when a signal ends the program: it may have come inside TensorFlow's
+            # own code, building an op or in session.run, and left the graph's lock held; another session.run would
+            # wait for it for ever.
+            if not isinstance(sys.exc_info()[1], cli.Interrupted):
+                self.session.run(self.back_to_trained)
