@@ -270,7 +270,7 @@ class ReplicatedModel:
             self.stop_request = tf.Variable(0.0, trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES],
                                             name="stop_request")
             with strategy.scope(), tf.control_dependencies([self.train_op]):
-                self.train_op = strategy.reduce(tf.distribute.ReduceOp.SUM, self.stop_request.read_value(), axis=None)
+                self.train_op = sum_over_workers(replicas, self.stop_request.read_value())
 
     assign_lr = PTBModel.assign_lr
 
@@ -302,29 +302,32 @@ def one_process_values(build):
             return dict(zip([v.op.name for v in variables], session.run(variables)))
 
 
-def copy_from_the_chief(session, replicas, variables):
-    """Every worker sets `variables` to the chief's values (its weights, or where its checkpoint was).
+def sum_over_workers(replicas, value):
+    """`value` summed over the workers (an all-reduce), on every worker; inside replicas.strategy.scope()."""
+    return replicas.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
-    An all-reduce sum across the workers, to which the chief gives its values and the others zeros."""
+
+def chiefs_value(replicas, value):
+    """The chief's `value`, on every worker: summed, the chief giving its value and the others zeros."""
+    return sum_over_workers(replicas, value if replicas.chief else tf.zeros_like(value))
+
+
+def copy_from_the_chief(session, replicas, variables):
+    """Every worker sets `variables` to the chief's values (its weights, or where its checkpoint was)."""
     with replicas.strategy.scope():
-        values = [v.read_value() if replicas.chief else tf.zeros(v.shape, v.dtype.base_dtype) for v in variables]
-        summed = [replicas.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in values]
-        replicas.run_at_start(session, tf.group(*[v.assign(value) for v, value in zip(variables, summed)]))
+        values = [chiefs_value(replicas, v.read_value()) for v in variables]
+        replicas.run_at_start(session, tf.group(*[v.assign(value) for v, value in zip(variables, values)]))
 
 
 def check_one_precision(session, replicas, precision):
     """With several workers, stops every one with the same line unless all train in the chief's precision. The same
     command can choose two: auto by each machine's CPU, and a resumed run the precision its folder records, which
-    the chief alone reads.
-
-    An all-reduce sum of two one-hot rows over the precisions: the chief's choice (the others give zeros), and
-    every worker's."""
+    the chief alone reads. A precision is a one-hot row: the chief's, and the sum of every worker's, counts."""
     names = list(configs.PRECISIONS)
     mine = tf.one_hot(names.index(precision), len(names))
     with replicas.strategy.scope():
-        given = tf.stack([mine if replicas.chief else tf.zeros_like(mine), mine])
-        chief_row, counts = replicas.run_at_start(session, replicas.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                                                                    given, axis=None))
+        chief_row, counts = replicas.run_at_start(session, [chiefs_value(replicas, mine),
+                                                            sum_over_workers(replicas, mine)])
     chief = names[int(chief_row.argmax())]
     others = [f"{name} on {int(n)}" for name, n in zip(names, counts) if n and name != chief]
     if others:
